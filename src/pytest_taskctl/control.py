@@ -1,0 +1,176 @@
+"""Pause gate, cancel and progress of one run, driven by the watched flags.
+
+Nothing here talks to etcd on the caller's thread: flags come from the
+:class:`~pytest_taskctl.store.WatchedRange`, status and progress go out
+through the :class:`~pytest_taskctl.store.KeyWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .keys import RunKeys, flag_is_true
+from .store import KeyWriter, WatchedRange
+
+log = logging.getLogger("pytest_taskctl.plugin")
+
+CANCEL_REASON = "taskctl: run cancelled"
+PROGRESS_INTERVAL = 0.25
+
+
+class RunControl:
+    """The pause gate before each test, cancel, status and the ``meta`` record.
+
+    Status is ``PAUSED`` exactly while at least one thread waits at the gate
+    and no test is running (with one thread: while the run is held).
+    """
+
+    def __init__(
+        self,
+        keys: RunKeys,
+        view: WatchedRange | None,
+        writer: KeyWriter | None,
+        *,
+        publish: bool = True,
+    ) -> None:
+        self.keys = keys
+        self.view = view
+        self.writer = writer if publish else None
+        self.cancel_seen = False
+        self.meta: dict[str, Any] = {}
+        self.counts = {"passed": 0, "failed": 0, "skipped": 0}
+        self.total = 0
+        self._running: dict[int, str] = {}
+        self._waiting = 0
+        self._status = ""
+        self._lock = threading.Lock()
+        self._last_progress = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.view is not None
+
+    # -- flags ------------------------------------------------------------------
+
+    def _flags(self, values: Mapping[str, bytes]) -> tuple[bool, bool]:
+        return (
+            flag_is_true(values.get(self.keys.paused)),
+            flag_is_true(values.get(self.keys.cancelled)),
+        )
+
+    def is_cancelled(self) -> bool:
+        if self.view is None:
+            return False
+        if flag_is_true(self.view.get(self.keys.cancelled)):
+            self.cancel_seen = True
+        return self.cancel_seen
+
+    def gate(self, nodeid: str) -> bool:
+        """Hold while paused; ``False`` when the run is cancelled (skip the test)."""
+        if self.view is None:
+            self._test_started(nodeid)
+            return True
+        if self.is_cancelled():
+            return False
+        if flag_is_true(self.view.get(self.keys.paused)):
+            self._hold(nodeid)
+            if self.is_cancelled():
+                return False
+        self._test_started(nodeid)
+        return True
+
+    def _hold(self, nodeid: str) -> None:
+        assert self.view is not None
+        with self._lock:
+            self._waiting += 1
+            self._refresh_status()
+        log.warning("run paused through etcd (%s) before %s", self.keys.paused, nodeid)
+        self.publish_progress(force=True)
+        started = time.monotonic()
+
+        def released(values: Mapping[str, bytes]) -> bool:
+            paused, cancelled = self._flags(values)
+            return cancelled or not paused
+
+        try:
+            self.view.wait_until(released)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                self._refresh_status()
+        waited = time.monotonic() - started
+        if self.is_cancelled():
+            log.warning("run cancelled through etcd (%s) while paused", self.keys.cancelled)
+        else:
+            log.warning("run resumed after %.1f s; next: %s", waited, nodeid)
+
+    # -- progress ---------------------------------------------------------------
+
+    def _test_started(self, nodeid: str) -> None:
+        with self._lock:
+            self._running[threading.get_ident()] = nodeid
+
+    def test_finished(self, counter: str | None) -> None:
+        """Count a finished test (``counter``: passed/failed/skipped) and free its slot."""
+        with self._lock:
+            self._running.pop(threading.get_ident(), None)
+            if counter is not None:
+                self.counts[counter] += 1
+            if self._waiting:
+                self._refresh_status()
+        self.publish_progress()
+
+    def progress(self) -> dict[str, Any]:
+        with self._lock:
+            done = sum(self.counts.values())
+            return {
+                "counts": {**self.counts, "remaining": max(0, self.total - done), "total": self.total},
+                "current": sorted(self._running.values()),
+            }
+
+    def publish_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.writer is None or (not force and now - self._last_progress < PROGRESS_INTERVAL):
+            return
+        self._last_progress = now
+        self.meta.update(self.progress(), updated=time.time())
+        self.writer.put(self.keys.meta, json.dumps(self.meta, sort_keys=True))
+
+    # -- status -----------------------------------------------------------------
+
+    def _refresh_status(self) -> None:
+        """Called with the lock held; writes PAUSED/RUNNING when it changes."""
+        if self._status not in ("", "RUNNING", "PAUSED"):
+            return
+        paused = self.view is not None and flag_is_true(self.view.get(self.keys.paused))
+        status = "PAUSED" if paused and self._waiting and not self._running else "RUNNING"
+        self._set_status(status)
+
+    def _set_status(self, status: str) -> None:
+        if status == self._status:
+            return
+        self._status = status
+        if self.writer is not None:
+            self.writer.put(self.keys.status, status)
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def start(self, meta: Mapping[str, Any]) -> None:
+        self.meta = dict(meta)
+        with self._lock:
+            self._set_status("RUNNING")
+        self.publish_progress(force=True)
+
+    def finish(self, status: str, extra: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._status = ""
+            self._set_status(status)
+        self.meta.update(extra, status=status, ended=time.time())
+        self.publish_progress(force=True)

@@ -1,0 +1,133 @@
+"""``logs/<run_id>/pytest.log`` with the trace id on every line, and the OTel logs pipeline.
+
+Like pytest's own ``log_file``, the file handler sits on the root logger and
+takes every logger's records at the configured level, so test code's
+``logging`` lines land in the file with their test's trace id. The plugin's
+per-test lines are handed to these handlers directly (:meth:`RunLog.line`):
+pytest attaches its capture handlers to every logger, and those lines do not
+belong in the captured-log sections of failure reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .tracing import get_traceid
+
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - [%(traceid)s] - %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+PLUGIN_LOGGER = "pytest_taskctl.plugin"
+
+
+class TraceIdFilter(logging.Filter):
+    """Stamps each record with the trace id of the context that logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "traceid"):
+            record.traceid = get_traceid()
+        return True
+
+
+def parse_level(value: str | int, source: str) -> int:
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper()
+    if text.isdigit():
+        return int(text)
+    level = logging.getLevelName(text)
+    if not isinstance(level, int):
+        raise ValueError(
+            f"invalid log level {value!r} from {source}: use DEBUG, INFO, WARNING, ERROR or a number"
+        )
+    return level
+
+
+def _otel_logs_wanted(environ: Mapping[str, str]) -> bool:
+    exporters = {n.strip().lower() for n in environ.get("OTEL_LOGS_EXPORTER", "").split(",") if n}
+    if "none" in exporters or environ.get("OTEL_SDK_DISABLED", "").lower() in ("1", "true"):
+        return False
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    return "otlp" in exporters or bool(endpoint)
+
+
+def _otel_log_exporter(environ: Mapping[str, str]) -> Any:
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    )
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[assignment]
+            OTLPLogExporter,
+        )
+    return OTLPLogExporter()
+
+
+class RunLog:
+    """Attaches the run's log handlers for the session and removes them after."""
+
+    def __init__(self, path: Path, level: int, environ: Mapping[str, str] | None = None) -> None:
+        self.path = path
+        self.level = level
+        self._environ = os.environ if environ is None else environ
+        self._handlers: list[logging.Handler] = []
+        self._logger_provider: Any = None
+        self._saved_root_level: int | None = None
+        self._plugin_logger = logging.getLogger(PLUGIN_LOGGER)
+
+    def start(self, resource: Any = None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        file_handler.setLevel(self.level)
+        file_handler.addFilter(TraceIdFilter())
+        file_handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+        self._handlers.append(file_handler)
+        if _otel_logs_wanted(self._environ):
+            self._handlers.append(self._otel_handler(resource))
+
+        root = logging.getLogger()
+        self._saved_root_level = root.level
+        if root.level > self.level or root.level == logging.NOTSET:
+            root.setLevel(self.level)
+        for handler in self._handlers:
+            root.addHandler(handler)
+
+    def line(self, level: int, msg: str, *args: object) -> None:
+        """Write one plugin line to the run's handlers only (not to pytest's capture)."""
+        record = self._plugin_logger.makeRecord(PLUGIN_LOGGER, level, "", 0, msg, args, None)
+        for handler in self._handlers:
+            if level >= handler.level:
+                handler.handle(record)
+
+    def _otel_handler(self, resource: Any) -> logging.Handler:
+        from opentelemetry.instrumentation.logging.handler import LoggingHandler
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        provider.add_log_record_processor(BatchLogRecordProcessor(_otel_log_exporter(self._environ)))
+        self._logger_provider = provider
+        return LoggingHandler(level=self.level, logger_provider=provider)
+
+    def stop(self, deadline: float = 1.0) -> None:
+        root = logging.getLogger()
+        for handler in self._handlers:
+            root.removeHandler(handler)
+            handler.close()
+        self._handlers.clear()
+        if self._saved_root_level is not None:
+            root.setLevel(self._saved_root_level)
+            self._saved_root_level = None
+        if self._logger_provider is not None:
+            from .tracing import run_bounded
+
+            run_bounded(self._logger_provider.shutdown, deadline)
+            self._logger_provider = None

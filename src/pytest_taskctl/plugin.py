@@ -1,0 +1,179 @@
+"""pytest hooks of pytest-taskctl: thin, each delegating to :mod:`pytest_taskctl.run`.
+
+Disable with ``-p no:taskctl``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+
+import pytest
+
+from . import tracing
+from .outcome import TestOutcome
+from .run import RunSettings, TaskRun, argv_of, header_lines, summary_lines
+
+RUN_KEY = pytest.StashKey[TaskRun]()
+SPAN_KEY = pytest.StashKey[tuple[object, object]]()
+CANCELLED_KEY = pytest.StashKey[bool]()
+
+LOG_LEVEL_HELP = "level of records written to logs/<run_id>/pytest.log (default INFO)"
+LOG_DIR_HELP = "directory for <run_id>/pytest.log and traces.jsonl (default: logs)"
+TRACE_MODE_HELP = (
+    "'test' (default): every test is its own trace, linked to the session span; "
+    "'session': tests are children of the session span"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("taskctl", "observable, controllable runs (pytest-taskctl)")
+    group.addoption(
+        "--run-id",
+        dest="taskctl_run_id",
+        metavar="ID",
+        help="id of this run (env PYTEST_RUN_ID); generated when missing",
+    )
+    group.addoption(
+        "--taskctl-etcd",
+        metavar="HOST:PORT[,...]",
+        help="etcd endpoints (env PYTEST_TASKCTL_ETCD, ETCDCTL_ENDPOINTS; default 127.0.0.1:2379)",
+    )
+    group.addoption(
+        "--taskctl-prefix",
+        metavar="PREFIX",
+        help="etcd key prefix (env PYTEST_TASKCTL_PREFIX; default /pytest-taskctl)",
+    )
+    for name, what in (("cacert", "CA file"), ("cert", "client certificate"), ("key", "client key")):
+        group.addoption(
+            f"--taskctl-etcd-{name}",
+            metavar="FILE",
+            help=f"etcd TLS {what} (env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
+        )
+    group.addoption(
+        "--taskctl-etcd-user",
+        metavar="USER:PASSWORD",
+        help="etcd credentials (env PYTEST_TASKCTL_ETCD_USER, ETCDCTL_USER)",
+    )
+    group.addoption("--taskctl-log-dir", metavar="DIR", help=LOG_DIR_HELP)
+    group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
+    group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
+    parser.addini("taskctl_log_dir", LOG_DIR_HELP)
+    parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
+    parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings = RunSettings.from_config(config)  # bad values: UsageError, exit 4
+    if config.option.help or config.option.version:
+        return
+    config.stash[RUN_KEY] = TaskRun(settings, is_worker=hasattr(config, "workerinput"))
+
+
+def _run(config: pytest.Config) -> TaskRun | None:
+    return config.stash.get(RUN_KEY, None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # tryfirst: connected before the terminal reporter asks for the header.
+    run = _run(session.config)
+    if run is not None:
+        run.start(argv_of(session.config))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = _run(config)
+    return header_lines(run) if run is not None else []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run = _run(config)
+    if run is not None:
+        run.collection_finished(items)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    run = _run(item.config)
+    if run is None:
+        return (yield)
+    # The gate comes before the span: a pause is not part of the test's time.
+    item.stash[CANCELLED_KEY] = not run.control.gate(item.nodeid)
+    assert run.tracer is not None
+    span, token = run.tracer.start_test(item.nodeid, run.test_attributes(item))
+    item.stash[SPAN_KEY] = (span, token)
+    try:
+        return (yield)
+    finally:
+        span_token = item.stash.get(SPAN_KEY, None)
+        if span_token is not None:  # the teardown report did not arrive (interrupted)
+            run.control.test_finished(None)
+            run.tracer.end_test(span, token, run.outcomes.pop(item.nodeid, None) or _interrupted())
+
+
+def _interrupted() -> TestOutcome:
+    outcome = TestOutcome()
+    outcome.word, outcome.when, outcome.message = "error", "call", "interrupted"
+    return outcome
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.stash.get(CANCELLED_KEY, False):
+        pytest.skip("taskctl: run cancelled")
+    run = _run(item.config)
+    if run is not None:
+        run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    run = _run(item.config)
+    if run is not None and report.when == "teardown":
+        outcome = run.record_report(report)
+        span_token = item.stash.get(SPAN_KEY, None)
+        if outcome is not None and span_token is not None and run.tracer is not None:
+            del item.stash[SPAN_KEY]
+            run.runlog.line(
+                logging.INFO,
+                "pytest_runtest_teardown: %s %s in %.3fs",
+                item.nodeid,
+                outcome.word,
+                outcome.duration,
+            )
+            run.tracer.end_test(*span_token, outcome)  # type: ignore[arg-type]
+    elif run is not None:
+        run.record_report(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    run = _run(session.config)
+    if run is not None:
+        run.finish(session)
+    return (yield)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    run = _run(terminalreporter.config)
+    if run is not None:
+        for line in summary_lines(run):
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def traceid() -> str:
+    """The trace id of the running test (32 hex digits), for ``X-Trace-Id``."""
+    return tracing.get_traceid()
+
+
+@pytest.fixture
+def trace_headers() -> dict[str, str]:
+    """``{"X-Trace-Id": ..., "traceparent": ...}`` for requests to the API under test."""
+    return tracing.trace_headers()

@@ -1,0 +1,365 @@
+"""One pytest run as a task: wires settings, store, control, tracing and logs.
+
+``plugin.py`` holds the pytest hooks; each delegates here in a line or two.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from . import tracing
+from .control import RunControl
+from .keys import InvalidRunId, RunKeys, validate_run_id
+from .logs import RunLog, parse_level
+from .outcome import TestOutcome
+from .settings import EtcdSettings, SettingError, resolve_prefix
+from .store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange
+from .tracing import RunTracer, format_traceparent
+
+log = logging.getLogger("pytest_taskctl.plugin")
+
+RUN_ID_ENV = "PYTEST_RUN_ID"
+TRACE_MODES = ("test", "session")
+SECRET_WORDS = re.compile(r"(password|passwd|secret|token|api[-_]?key)", re.IGNORECASE)
+
+#: Final status for each pytest exit code (a seen cancel flag wins over all).
+EXIT_STATUS = {
+    pytest.ExitCode.OK: "COMPLETED",
+    pytest.ExitCode.NO_TESTS_COLLECTED: "COMPLETED",
+    pytest.ExitCode.TESTS_FAILED: "FAILED",
+    pytest.ExitCode.INTERRUPTED: "INTERRUPTED",
+    pytest.ExitCode.INTERNAL_ERROR: "INTERRUPTED",
+    pytest.ExitCode.USAGE_ERROR: "INTERRUPTED",
+}
+
+
+def generate_run_id() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """argv for the meta record: credentials become ``***``."""
+    redacted: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            user, sep, _ = arg.partition(":")
+            redacted.append(f"{user}:***" if sep else "***")
+            hide_next = False
+            continue
+        name, eq, value = arg.partition("=")
+        if name in ("--taskctl-etcd-user",) or SECRET_WORDS.search(name):
+            if eq:
+                user, sep, _ = value.partition(":")
+                redacted.append(f"{name}={user}:***" if sep and "user" in name else f"{name}=***")
+            else:
+                redacted.append(arg)
+                hide_next = True
+            continue
+        redacted.append(re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", arg))
+    return redacted
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything the run needs from options, ini and environment, validated once."""
+
+    run_id: str
+    run_id_generated: bool
+    etcd: EtcdSettings
+    prefix: str
+    log_dir: Path
+    log_level: int
+    trace_mode: str
+
+    @property
+    def keys(self) -> RunKeys:
+        return RunKeys(self.prefix, self.run_id)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.log_dir / self.run_id
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> RunSettings:
+        """Read and validate; any bad value is a :class:`pytest.UsageError`."""
+        option = config.option
+        environ = os.environ
+        raw_id = option.taskctl_run_id
+        source = "--run-id"
+        if raw_id is None and RUN_ID_ENV in environ:
+            raw_id, source = environ[RUN_ID_ENV], f"{RUN_ID_ENV} environment variable"
+        generated = raw_id is None
+        try:
+            run_id = generate_run_id() if raw_id is None else validate_run_id(raw_id)
+            etcd = EtcdSettings.resolve(
+                endpoints=option.taskctl_etcd,
+                cacert=option.taskctl_etcd_cacert,
+                cert=option.taskctl_etcd_cert,
+                key=option.taskctl_etcd_key,
+                user=option.taskctl_etcd_user,
+            )
+            level_text = option.taskctl_log_level or config.getini("taskctl_log_level") or "INFO"
+            level = parse_level(level_text, "--taskctl-log-level / taskctl_log_level")
+        except InvalidRunId as exc:
+            raise pytest.UsageError(f"{exc} (from {source})") from None
+        except (SettingError, ValueError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+        trace_mode = option.taskctl_trace_mode or config.getini("taskctl_trace_mode") or "test"
+        if trace_mode not in TRACE_MODES:
+            raise pytest.UsageError(
+                f"invalid taskctl_trace_mode {trace_mode!r}: use 'test' or 'session'"
+            )
+        log_dir = Path(option.taskctl_log_dir or config.getini("taskctl_log_dir") or "logs")
+        if not log_dir.is_absolute():
+            log_dir = config.invocation_params.dir / log_dir
+        return cls(
+            run_id=run_id,
+            run_id_generated=generated,
+            etcd=etcd,
+            prefix=resolve_prefix(option.taskctl_prefix),
+            log_dir=log_dir,
+            log_level=level,
+            trace_mode=trace_mode,
+        )
+
+
+class TaskRun:
+    """State and behaviour of the run for the lifetime of one pytest session."""
+
+    def __init__(self, settings: RunSettings, *, is_worker: bool = False) -> None:
+        self.settings = settings
+        self.is_worker = is_worker
+        self.gateway: EtcdGateway | None = None
+        self.view: WatchedRange | None = None
+        self.writer: KeyWriter | None = None
+        self.etcd_error: str | None = None
+        self.etcd_lost_at: float | None = None
+        self.writes_landed = True
+        self.control = RunControl(settings.keys, None, None)
+        self.tracer: RunTracer | None = None
+        self.runlog = RunLog(settings.run_dir / "pytest.log", settings.log_level)
+        self.outcomes: dict[str, TestOutcome] = {}
+        self.final_status = ""
+        self._saved_sigterm: Any = None
+        self._lost_lock = threading.Lock()
+
+    # -- session ----------------------------------------------------------------
+
+    def start(self, argv: list[str]) -> None:
+        settings = self.settings
+        self.tracer = RunTracer(
+            settings.run_id,
+            settings.run_dir / "traces.jsonl",
+            per_test_traces=settings.trace_mode == "test",
+        )
+        tracing.activate(self.tracer)
+        self.runlog.start(resource=None)
+        self.tracer.start_session({"test.suite.name": "pytest", "host.name": socket.gethostname()})
+        if settings.run_id_generated:
+            log.warning("no run id given; generated run id %s", settings.run_id)
+        self._connect()
+        self.control.start(self._meta(argv))
+        log.info("pytest_sessionstart: run %s (%s)", settings.run_id, self.control_description)
+        self._install_sigterm()
+
+    def _connect(self) -> None:
+        try:
+            self.gateway = EtcdGateway.connect(self.settings.etcd)
+        except EtcdUnavailable as exc:
+            self.etcd_error = str(exc)
+            log.warning("%s; pause/cancel disabled for this run", exc)
+            return
+        keys = self.settings.keys
+        start, end = keys.control_range
+        self.view = WatchedRange(
+            self.gateway, start, end, on_connection_change=self._on_connection_change
+        ).start(self.gateway.range(start, end))
+        self.writer = KeyWriter(self.gateway, on_connection_change=self._on_connection_change)
+        self.control = RunControl(keys, self.view, self.writer, publish=not self.is_worker)
+
+    def _on_connection_change(self, connected: bool, error: BaseException | None) -> None:
+        with self._lost_lock:
+            if not connected and self.etcd_lost_at is None:
+                self.etcd_lost_at = time.time()
+                log.warning(
+                    "lost etcd (%s); tests go on, reconnecting in the background", error
+                )
+            elif connected and self.etcd_lost_at is not None:
+                log.warning("etcd is back; pause and cancel work again")
+
+    def _meta(self, argv: list[str]) -> dict[str, Any]:
+        assert self.tracer is not None
+        session = self.tracer.session_context
+        return {
+            "run_id": self.settings.run_id,
+            "started": time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "argv": redact_argv(argv),
+            "cwd": os.getcwd(),
+            "trace_id": f"{session.trace_id:032x}",
+            "traceparent": format_traceparent(session),
+            "log_file": str(self.runlog.path),
+            "traces_file": str(self.tracer.traces_path or ""),
+        }
+
+    @property
+    def control_description(self) -> str:
+        if self.etcd_error:
+            return "control off: etcd unreachable"
+        return f"etcd {self.settings.etcd.describe()}, keys {self.settings.keys.root}/"
+
+    def collection_finished(self, items: list[pytest.Item]) -> None:
+        self.control.total = len(items)
+        if self.control.is_cancelled():
+            log.warning("run cancelled through etcd before it started; skipping %d tests", len(items))
+            marker = pytest.mark.skip(reason="taskctl: run cancelled")
+            for item in items:
+                item.add_marker(marker)
+        self.control.publish_progress(force=True)
+
+    def finish(self, session: pytest.Session) -> None:
+        """End status, flush etcd writes and telemetry -- each with a deadline."""
+        exitstatus = session.exitstatus
+        if self.control.cancel_seen:
+            status = "CANCELLED"
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
+        else:
+            status = EXIT_STATUS.get(exitstatus, "FAILED")  # type: ignore[call-overload]
+        self.final_status = status
+        counts = self.control.progress()["counts"]
+        log.info(
+            "pytest_sessionfinish: run %s %s (exit %d): %s",
+            self.settings.run_id,
+            status,
+            int(session.exitstatus),
+            ", ".join(f"{v} {k}" for k, v in counts.items()),
+        )
+        self.control.finish(status, {"exit_code": int(session.exitstatus)})
+        if self.view is not None:
+            self.view.stop()
+        if self.writer is not None:
+            self.writes_landed = self.writer.close(timeout=2.0)
+            if not self.writes_landed:
+                log.warning("etcd did not take the final status/results within 2 s")
+        if self.gateway is not None:
+            self.gateway.close()
+        if self.tracer is not None:
+            self.tracer.end_session(
+                status, {f"pytest.tests.{k}": v for k, v in counts.items()}
+            )
+            if not self.tracer.shutdown():
+                log.warning("span export did not finish within 2 s; traces.jsonl is complete")
+        self._restore_sigterm()
+        self.runlog.stop()
+        tracing.activate(None)
+
+    # -- tests ------------------------------------------------------------------
+
+    def test_attributes(self, item: pytest.Item) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "test.case.name": item.nodeid,
+            "pytest.run_id": self.settings.run_id,
+            "code.file.path": str(item.path),
+        }
+        line = item.location[1]
+        if line is not None:
+            attributes["code.line.number"] = line + 1
+        function = getattr(item, "function", None)
+        if function is not None:
+            attributes["code.function.name"] = f"{function.__module__}.{function.__qualname__}"
+        return attributes
+
+    def record_report(self, report: pytest.TestReport) -> TestOutcome | None:
+        """Fold a phase report into the test's outcome; returns it once teardown is in."""
+        outcome = self.outcomes.get(report.nodeid)
+        if outcome is None:
+            outcome = self.outcomes[report.nodeid] = TestOutcome()
+        outcome.record(report)
+        if report.when != "teardown":
+            return None
+        del self.outcomes[report.nodeid]
+        self.control.test_finished(outcome.counter)
+        return outcome
+
+    # -- signals ----------------------------------------------------------------
+
+    def _install_sigterm(self) -> None:
+        """SIGTERM becomes KeyboardInterrupt, so the run ends INTERRUPTED with logs flushed."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt("SIGTERM")
+
+        self._saved_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._saved_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._saved_sigterm)
+            self._saved_sigterm = None
+
+
+def header_lines(run: TaskRun) -> list[str]:
+    settings = run.settings
+    generated = (
+        f" (generated: pass --run-id or set {RUN_ID_ENV} to choose one)"
+        if settings.run_id_generated
+        else ""
+    )
+    lines = [f"taskctl: run id {settings.run_id}{generated}"]
+    if settings.run_id_generated:
+        lines[0] = "taskctl: warning: no run id given; " + lines[0][len("taskctl: ") :]
+    if run.etcd_error:
+        lines.append(f"taskctl: warning: {run.etcd_error}; pause/cancel disabled for this run")
+    else:
+        lines.append(f"taskctl: control via {run.control_description}")
+    tracer = run.tracer
+    traces = str(tracer.traces_path) if tracer and tracer.traces_path else "off"
+    export = tracer.export_description if tracer else "off"
+    lines.append(f"taskctl: log {run.runlog.path}, traces {traces} ({export})")
+    return lines
+
+
+def summary_lines(run: TaskRun) -> list[str]:
+    settings = run.settings
+    lines = []
+    if run.control.cancel_seen:
+        lines.append(
+            f"taskctl: run {settings.run_id} was cancelled through etcd "
+            f"({settings.keys.cancelled}); remaining tests were skipped"
+        )
+    if run.etcd_lost_at is not None:
+        lost = time.strftime("%H:%M:%S", time.localtime(run.etcd_lost_at))
+        lines.append(
+            f"taskctl: warning: etcd connection was lost at {lost}; tests were not affected"
+            + ("" if run.writes_landed else ", some status/result writes did not reach etcd")
+        )
+    lines.append(
+        f"taskctl: run {settings.run_id} {run.final_status or 'ended'}; "
+        f"log {run.runlog.path}"
+        + (f", traces {run.tracer.traces_path}" if run.tracer and run.tracer.traces_path else "")
+    )
+    return lines
+
+
+def argv_of(config: pytest.Config) -> list[str]:
+    return [sys.argv[0], *config.invocation_params.args]
