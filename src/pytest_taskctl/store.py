@@ -36,7 +36,7 @@ from .keys import (
     runs_root,
     validate_run_id,
 )
-from .settings import EtcdSettings, parse_endpoints
+from .settings import Endpoint, EtcdSettings, parse_endpoints
 
 log = logging.getLogger("pytest_taskctl.store")
 
@@ -148,6 +148,7 @@ class EtcdGateway:
         errors = []
         for endpoint in settings.endpoints:
             try:
+                _probe_version(endpoint, settings)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     client = etcd3.Client(
@@ -323,12 +324,31 @@ class WatchStream:
             pass
 
 
+def _probe_version(endpoint: Endpoint, settings: EtcdSettings) -> None:
+    """GET /version ourselves first: etcd3-py turns a failure into an AttributeError."""
+    import requests
+
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(
+            f"{endpoint}/version",
+            timeout=settings.timeout,
+            verify=settings.cacert or (endpoint.scheme == "https"),
+            cert=(settings.cert, settings.key) if settings.cert else None,
+        )
+        response.raise_for_status()
+        if "etcdserver" not in response.json():
+            raise EtcdUnavailable("not an etcd server")
+
+
 def _describe_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "Connection refused" in text or "NewConnectionError" in text:
         return "connection refused"
     if "timed out" in text.lower():
         return "timed out"
+    if "SSL" in text or "certificate" in text.lower():
+        return f"TLS error: {text[:200]}"
     return text[:200]
 
 

@@ -1,0 +1,149 @@
+"""StateStore against a real etcd: flags, waits, status, and surviving etcd restarts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pytest_taskctl import StateStore
+from pytest_taskctl.keys import InvalidRunId, flag_is_true
+from pytest_taskctl.store import EtcdUnavailable, KeyWriter, WatchedRange
+
+from .conftest import Etcdctl, wait_for
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "paused by ops"])
+def test_true_flag_values(store: StateStore, etcdctl: Etcdctl, prefix: str, value: str) -> None:
+    etcdctl("put", f"{prefix}/runs/r1/paused", value)
+    assert store.check_flag("r1", "paused") is True
+
+
+@pytest.mark.parametrize("value", ["0", "false", "FALSE", "no", "off", "Off", ""])
+def test_false_flag_values(store: StateStore, etcdctl: Etcdctl, prefix: str, value: str) -> None:
+    etcdctl("put", f"{prefix}/runs/r1/paused", "--", value)
+    assert store.check_flag("r1", "paused") is False
+
+
+def test_missing_flag_is_false(store: StateStore) -> None:
+    assert store.check_flag("never-written", "cancelled") is False
+
+
+def test_set_and_clear_flag_are_visible_to_etcdctl(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
+    store.set_flag("r1", "paused")
+    assert etcdctl.get(f"{prefix}/runs/r1/paused") == "1"
+    store.clear_flag("r1", "paused")
+    assert etcdctl.get(f"{prefix}/runs/r1/paused") is None
+
+
+def test_wait_for_flag_wakes_on_etcdctl_write(store: StateStore, etcdctl: Etcdctl, prefix: str) -> None:
+    writer = threading.Timer(0.2, etcdctl, args=("put", f"{prefix}/runs/r1/cancelled", "1"))
+    writer.start()
+    started = time.monotonic()
+    assert store.wait_for_flag("r1", "cancelled", state=True, timeout=10) is True
+    assert time.monotonic() - started < 5
+    writer.join()
+
+
+def test_wait_for_flag_returns_false_on_timeout(store: StateStore) -> None:
+    started = time.monotonic()
+    assert store.wait_for_flag("r1", "paused", state=True, timeout=0.3) is False
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_wait_for_flag_already_in_state_returns_at_once(store: StateStore) -> None:
+    assert store.wait_for_flag("r1", "paused", state=False, timeout=0) is True
+
+
+def test_wait_for_flag_on_watched_run_uses_local_view(store: StateStore, etcdctl: Etcdctl, prefix: str) -> None:
+    view = store.watch_run("r1")
+    etcdctl("put", f"{prefix}/runs/r1/paused", "1")
+    assert store.wait_for_flag("r1", "paused", state=True, timeout=5)
+    assert flag_is_true(view.get(f"{prefix}/runs/r1/paused"))
+    etcdctl("del", f"{prefix}/runs/r1/paused")
+    assert store.wait_for_flag("r1", "paused", state=False, timeout=5)
+    assert store.check_flag("r1", "paused") is False
+
+
+def test_status_round_trip_and_validation(store: StateStore, etcdctl: Etcdctl, prefix: str) -> None:
+    store.set_status("r1", "PAUSED")
+    assert store.get_status("r1") == "PAUSED"
+    assert etcdctl.get(f"{prefix}/runs/r1/status") == "PAUSED"
+    with pytest.raises(ValueError, match="unknown status 'DONE'"):
+        store.set_status("r1", "DONE")
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "a b", "", "-lead", "x" * 129])
+def test_invalid_run_ids_are_refused(store: StateStore, bad: str) -> None:
+    with pytest.raises(InvalidRunId, match="must match"):
+        store.check_flag(bad, "paused")
+
+
+def test_unreachable_etcd_raises_clear_error_quickly() -> None:
+    started = time.monotonic()
+    with pytest.raises(EtcdUnavailable, match=r"127\.0\.0\.1:1: connection refused"):
+        StateStore("127.0.0.1:1")
+    assert time.monotonic() - started < 5
+
+
+def test_key_writer_batches_and_flushes(store: StateStore, prefix: str) -> None:
+    writer = KeyWriter(store.gateway)
+    for i in range(250):
+        writer.put(f"{prefix}/bulk/{i:04d}", str(i))
+    writer.put(f"{prefix}/bulk/0000", "newest")
+    assert writer.flush(timeout=10)
+    values = store.gateway.range_prefix(f"{prefix}/bulk/").as_dict()
+    assert len(values) == 250
+    assert values[f"{prefix}/bulk/0000"] == b"newest"
+    writer.close()
+
+
+def test_watch_survives_etcd_sigkill_and_restart(etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """etcd3-py's own Watcher dies silently here (FIELD-NOTES); ours re-reads and re-watches."""
+    server = etcd_factory()
+    store = StateStore(server.endpoint, prefix)
+    changes: list[bool] = []
+    key = f"{prefix}/runs/r1/paused"
+    view = WatchedRange(store.gateway, key, on_connection_change=lambda up, _e: changes.append(up))
+    view.start(store.gateway.range(key))
+    wait_for(lambda: view.connected)
+    server.kill()
+    wait_for(lambda: changes == [True, False])
+    server.start()
+    Etcdctl(server.endpoint)("put", key, "1")
+    assert view.wait_until(lambda values: flag_is_true(values.get(key)), timeout=5)
+    assert changes == [True, False, True]
+    view.stop()
+    store.close()
+
+
+def test_watch_survives_etcd_sigterm_restart(etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    server = etcd_factory()
+    store = StateStore(server.endpoint, prefix)
+    key = f"{prefix}/runs/r1/cancelled"
+    view = WatchedRange(store.gateway, key).start(store.gateway.range(key))
+    wait_for(lambda: view.connected)
+    server.stop()
+    wait_for(lambda: not view.connected)
+    server.start()
+    Etcdctl(server.endpoint)("put", key, "1")
+    assert view.wait_until(lambda values: flag_is_true(values.get(key)), timeout=5)
+    view.stop()
+    store.close()
+
+
+def test_key_writer_retries_until_etcd_returns(etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    server = etcd_factory()
+    store = StateStore(server.endpoint, prefix)
+    writer = KeyWriter(store.gateway)
+    server.kill()
+    writer.put(f"{prefix}/late", "landed")
+    assert writer.flush(timeout=0.5) is False
+    server.start()
+    assert writer.flush(timeout=10) is True
+    assert Etcdctl(server.endpoint).get(f"{prefix}/late") == "landed"
+    writer.close()
+    store.close()
