@@ -11,6 +11,7 @@ from collections.abc import Generator
 import pytest
 
 from . import tracing
+from .control import CANCEL_REASON
 from .outcome import TestOutcome
 from .run import RunSettings, TaskRun, argv_of, header_lines, summary_lines
 
@@ -122,7 +123,7 @@ def _interrupted() -> TestOutcome:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.stash.get(CANCELLED_KEY, False):
-        pytest.skip("taskctl: run cancelled")
+        raise pytest.skip.Exception(CANCEL_REASON, _use_item_location=True)
     run = _run(item.config)
     if run is not None:
         run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid)

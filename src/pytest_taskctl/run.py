@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from . import tracing
-from .control import RunControl
+from .control import CANCEL_REASON, RunControl
 from .keys import InvalidRunId, RunKeys, validate_run_id
 from .logs import RunLog, parse_level
 from .outcome import TestOutcome
@@ -229,7 +229,7 @@ class TaskRun:
         self.control.total = len(items)
         if self.control.is_cancelled():
             log.warning("run cancelled through etcd before it started; skipping %d tests", len(items))
-            marker = pytest.mark.skip(reason="taskctl: run cancelled")
+            marker = pytest.mark.skip(reason=CANCEL_REASON)
             for item in items:
                 item.add_marker(marker)
         self.control.publish_progress(force=True)

@@ -176,14 +176,20 @@ class EtcdGateway:
         self._client.close()
 
     def _authenticate(self) -> None:
+        """Get a token; like etcdctl, credentials for a server without auth are no error."""
         with self._auth_lock:
             self._client.token = None
-            response = self._client.call_rpc(
-                "/auth/authenticate",
-                {"name": self.settings.user, "password": self.settings.password},
-                encode=False,
-                raw=True,
-            ).json()
+            try:
+                response = self._client.call_rpc(
+                    "/auth/authenticate",
+                    {"name": self.settings.user, "password": self.settings.password},
+                    encode=False,
+                    raw=True,
+                ).json()
+            except Exception as exc:
+                if "authentication is not enabled" in str(exc):
+                    return
+                raise EtcdUnavailable(f"authentication as {self.settings.user!r} failed") from exc
             self._client.token = response["token"]
 
     def call(self, method: str, data: Mapping[str, Any], timeout: float | None = None) -> Any:

