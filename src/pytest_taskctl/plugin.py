@@ -10,7 +10,7 @@ from collections.abc import Generator
 
 import pytest
 
-from . import tracing
+from . import groups, livepause, resume, tracing
 from .control import CANCEL_REASON
 from .outcome import TestOutcome
 from .run import RunSettings, TaskRun, argv_of, header_lines, summary_lines
@@ -18,6 +18,9 @@ from .run import RunSettings, TaskRun, argv_of, header_lines, summary_lines
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[tuple[object, object]]()
 CANCELLED_KEY = pytest.StashKey[bool]()
+
+#: Feature modules: each adds its options and, when enabled, registers a plugin object.
+FEATURES = (resume, livepause, groups)
 
 LOG_LEVEL_HELP = "level of records written to logs/<run_id>/pytest.log (default INFO)"
 LOG_DIR_HELP = "directory for <run_id>/pytest.log and traces.jsonl (default: logs)"
@@ -59,6 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--taskctl-log-dir", metavar="DIR", help=LOG_DIR_HELP)
     group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
     group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
+    for feature in FEATURES:
+        feature.add_options(group)
     parser.addini("taskctl_log_dir", LOG_DIR_HELP)
     parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
     parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
@@ -68,7 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = RunSettings.from_config(config)  # bad values: UsageError, exit 4
     if config.option.help or config.option.version:
         return
-    config.stash[RUN_KEY] = TaskRun(settings, is_worker=hasattr(config, "workerinput"))
+    run = config.stash[RUN_KEY] = TaskRun(settings, is_worker=hasattr(config, "workerinput"))
+    for feature in FEATURES:
+        feature_plugin = feature.make_plugin(config, run)
+        if feature_plugin is not None:
+            config.pluginmanager.register(feature_plugin, f"taskctl-{feature.__name__}")
 
 
 def _run(config: pytest.Config) -> TaskRun | None:
