@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 
-def add_options(group: Any) -> None:
+def add_options(parser: pytest.Parser, group: Any) -> None:
     """Register ``--pause-on-failure``, ``--pause-timeout``, ``--pause-checkpoint-mock``."""
 
 

@@ -63,7 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
     group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
     for feature in FEATURES:
-        feature.add_options(group)
+        feature.add_options(parser, group)
     parser.addini("taskctl_log_dir", LOG_DIR_HELP)
     parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
     parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
