@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Etcdctl, wait_for
+from .conftest import INNER_INI, Etcdctl, wait_for
 from .suites import RunningSuite, suite_env
 
 
@@ -121,7 +121,7 @@ def test_status_and_meta_of_a_completed_run(ptr: pytest.Pytester, etcdctl: Etcdc
 
 
 def test_etcd_unreachable_at_start_warns_once_and_runs(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makeini(INNER_INI)
     pytester.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
     result = pytester.runpytest("--run-id", "offline", "--taskctl-etcd", "127.0.0.1:1")
     result.assert_outcomes(passed=2)

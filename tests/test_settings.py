@@ -1,0 +1,138 @@
+"""Run ids, endpoints and options: bad input is a usage error and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pytest_taskctl.settings import EtcdSettings, SettingError
+
+from .conftest import INNER_INI, Etcdctl
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "with space", "-dash-first", "x" * 129, "ü"])
+def test_invalid_run_id_option_is_a_usage_error(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str, bad: str) -> None:
+    ptr.makepyfile("def test_a(): pass\n")
+    result = ptr.runpytest(f"--run-id={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: invalid run id {bad!r}: a run id must match *(from --run-id)"])
+    assert not (ptr.path / "logs").exists()
+    assert etcdctl("get", "--prefix", prefix, "--keys-only").strip() == ""
+
+
+def test_empty_run_id_from_env_is_a_usage_error(ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_RUN_ID", "")
+    ptr.makepyfile("def test_a(): pass\n")
+    result = ptr.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: invalid run id '': *(from PYTEST_RUN_ID environment variable)"])
+    assert not (ptr.path / "logs").exists()
+
+
+def test_run_id_from_env_and_option_wins(ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_RUN_ID", "from-env")
+    ptr.makepyfile("def test_a(): pass\n")
+    ptr.runpytest().assert_outcomes(passed=1)
+    assert (ptr.path / "logs" / "from-env" / "pytest.log").exists()
+    ptr.runpytest("--run-id", "from-option").assert_outcomes(passed=1)
+    assert (ptr.path / "logs" / "from-option" / "pytest.log").exists()
+
+
+def test_missing_run_id_is_generated_with_a_warning(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+    ptr.makepyfile("def test_a(): pass\n")
+    result = ptr.runpytest()
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    line = result.stdout.re_match_lines([r"taskctl: warning: no run id given; run id (\d{8}-\d{6}-[0-9a-f]{6}) "])
+    run_id = re.search(r"run id (\S+) \(generated", result.stdout.str()).group(1)  # type: ignore[union-attr]
+    assert line is None
+    assert (ptr.path / "logs" / run_id / "pytest.log").exists()
+    assert etcdctl.get(f"{prefix}/runs/{run_id}/status") == "COMPLETED"
+
+
+def test_disable_with_p_no(ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_RUN_ID", "off")
+    ptr.makepyfile("def test_a(): pass\n")
+    result = ptr.runpytest("-p", "no:taskctl")
+    result.assert_outcomes(passed=1)
+    assert "taskctl" not in result.stdout.str()
+    assert not (ptr.path / "logs").exists()
+
+
+def test_help_does_not_connect_or_write(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INNER_INI)
+    result = pytester.runpytest("--help", "--taskctl-etcd", "127.0.0.1:1")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*--run-id=ID*", "*--taskctl-etcd=HOST:PORT*", "*--taskctl-trace-mode*"])
+    assert not (pytester.path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--taskctl-etcd", "http://"], "invalid etcd endpoint 'http://' from --taskctl-etcd"),
+        (["--taskctl-etcd", "ftp://h:1"], "invalid etcd endpoint 'ftp://h:1'"),
+        (["--taskctl-etcd-user", "nopassword"], "etcd user from --taskctl-etcd-user must be 'user:password'"),
+        (["--taskctl-etcd-cacert", "/no/such/ca.pem"], "etcd cacert file not found"),
+        (["--taskctl-log-level", "LOUD"], "invalid log level 'LOUD'"),
+    ],
+)
+def test_bad_settings_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makeini(INNER_INI)
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest("--run-id", "x", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert not (pytester.path / "logs").exists()
+
+
+def test_endpoint_precedence_option_then_env_then_etcdctl_env() -> None:
+    env = {"PYTEST_TASKCTL_ETCD": "a:1", "ETCDCTL_ENDPOINTS": "b:2,c:3"}
+    assert EtcdSettings.resolve(endpoints="o:9", environ=env).describe() == "o:9"
+    assert EtcdSettings.resolve(environ=env).describe() == "a:1"
+    assert EtcdSettings.resolve(environ={"ETCDCTL_ENDPOINTS": "b:2,c:3"}).describe() == "b:2,c:3"
+    assert EtcdSettings.resolve(environ={}).describe() == "127.0.0.1:2379"
+    https = EtcdSettings.resolve(endpoints="https://etcd.example:2379", environ={})
+    assert str(https.endpoints[0]) == "https://etcd.example:2379"
+
+
+def test_password_never_in_description_or_repr() -> None:
+    settings = EtcdSettings.resolve(endpoints="h:1", user="root:s3cret", environ={})
+    assert settings.user == "root" and settings.password == "s3cret"
+    assert "s3cret" not in settings.describe() and "s3cret" not in repr(settings)
+    with pytest.raises(SettingError, match="PYTEST_TASKCTL_ETCD_USER environment variable"):
+        EtcdSettings.resolve(environ={"PYTEST_TASKCTL_ETCD_USER": "root"})
+    from_env = EtcdSettings.resolve(environ={"ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": "pw"})
+    assert (from_env.user, from_env.password) == ("root", "pw")
+
+
+def test_etcd_auth_end_to_end(etcd_factory, pytester: pytest.Pytester, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    """user:password like etcdctl; the password shows up nowhere."""
+    server = etcd_factory()
+    ctl = Etcdctl(server.endpoint)
+    ctl("user", "add", "root", "--new-user-password", "Sup3r-secret", "--interactive=false")
+    ctl("auth", "enable")
+    pytester.makeini(INNER_INI)
+    pytester.makepyfile("import logging\ndef test_a(): logging.getLogger('t').info('hi')\n")
+    result = pytester.runpytest(
+        "--run-id", "auth-1", "--taskctl-etcd", server.endpoint, "--taskctl-prefix", prefix,
+        "--taskctl-etcd-user", "root:Sup3r-secret",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert "etcd unreachable" not in result.stdout.str()
+    authed = Etcdctl(server.endpoint)
+    status = authed("--user", "root:Sup3r-secret", "get", f"{prefix}/runs/auth-1/status", "--print-value-only")
+    assert status.strip() == "COMPLETED"
+    meta = authed("--user", "root:Sup3r-secret", "get", f"{prefix}/runs/auth-1/meta", "--print-value-only")
+    assert "root:***" in json.loads(meta)["argv"]
+    log_text = (pytester.path / "logs" / "auth-1" / "pytest.log").read_text()
+    for text in (result.stdout.str(), result.stderr.str(), meta, log_text):
+        assert "Sup3r-secret" not in text
+
+    wrong = pytester.runpytest(
+        "--run-id", "auth-2", "--taskctl-etcd", server.endpoint, "--taskctl-etcd-user", "root:wrong"
+    )
+    wrong.assert_outcomes(passed=1)
+    wrong.stdout.fnmatch_lines(["taskctl: warning: etcd unreachable (*authentication as 'root' failed*"])
