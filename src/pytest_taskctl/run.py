@@ -29,7 +29,7 @@ from .logs import RunLog, parse_level
 from .outcome import TestOutcome
 from .settings import EtcdSettings, SettingError, resolve_prefix
 from .store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange
-from .tracing import RunTracer, format_traceparent
+from .tracing import ExportConfig, InvalidExportConfig, RunTracer, format_traceparent
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -125,6 +125,10 @@ class RunSettings:
             raise pytest.UsageError(
                 f"invalid taskctl_trace_mode {trace_mode!r}: use 'test' or 'session'"
             )
+        try:
+            ExportConfig.from_environ(environ).validate()
+        except InvalidExportConfig as exc:
+            raise pytest.UsageError(str(exc)) from None
         log_dir = Path(option.taskctl_log_dir or config.getini("taskctl_log_dir") or "logs")
         if not log_dir.is_absolute():
             log_dir = config.invocation_params.dir / log_dir

@@ -27,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .outcome import TestOutcome
 
 TRUE_WORDS = ("1", "true", "yes", "on")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 EXPORT_DEADLINE = 2.0
 
 #: test.suite.run.status for each end status of a run.
@@ -56,6 +57,10 @@ def format_traceparent(span_context: SpanContext) -> str:
     )
 
 
+class InvalidExportConfig(ValueError):
+    """An ``OTEL_*`` value we cannot honour; reported as a usage error."""
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """What the ``OTEL_*`` variables ask for; read once, never written."""
@@ -83,6 +88,14 @@ class ExportConfig:
         ).strip()
         return cls(sdk_disabled=disabled, otlp=otlp, protocol=protocol)
 
+    def validate(self) -> ExportConfig:
+        if self.otlp and self.protocol not in OTLP_PROTOCOLS:
+            raise InvalidExportConfig(
+                f"unsupported OTEL_EXPORTER_OTLP_PROTOCOL {self.protocol!r}: "
+                f"use {' or '.join(repr(p) for p in OTLP_PROTOCOLS)}"
+            )
+        return self
+
     def describe(self, environ: Mapping[str, str]) -> str:
         if self.sdk_disabled:
             return "disabled (OTEL_SDK_DISABLED)"
@@ -96,10 +109,6 @@ class ExportConfig:
         return f"OTLP {self.protocol} {endpoint}"
 
 
-class InvalidExportConfig(ValueError):
-    pass
-
-
 def _otlp_span_exporter(protocol: str) -> Any:
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -111,9 +120,7 @@ def _otlp_span_exporter(protocol: str) -> Any:
         )
 
         return HTTPSpanExporter()
-    raise InvalidExportConfig(
-        f"unsupported OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r}: use 'grpc' or 'http/protobuf'"
-    )
+    raise InvalidExportConfig(f"unsupported OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r}")
 
 
 def make_resource(environ: Mapping[str, str]) -> Any:
