@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   -- embedded etcd + the example suite, paused and resumed live
+#   make test   -- the whole test suite against a real etcd and OTLP endpoint
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python examples/demo.py
+
+# docker-compose (Debian's 1.29) only validates docker-compose.yml offline;
+# best effort: the test that needs it says how to install it when absent.
+test: $(BIN)/.installed
+	@command -v docker-compose >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq docker-compose >/dev/null 2>&1; }; } || true
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/pause_latency.py
+
+lint: $(BIN)/.installed
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) logs .taskctl .pytest_cache
