@@ -166,3 +166,24 @@ def test_signal_ends_run_interrupted_with_logs_flushed(suite, etcdctl: Etcdctl, 
     assert status_of(etcdctl, prefix) == "INTERRUPTED"
     assert "pytest_sessionfinish: run run-1 INTERRUPTED" in run.log_text
     assert not run.started("two")
+
+
+def test_xdist_workers_join_the_controllers_run(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+    ptr.makepyfile("import pytest\n@pytest.mark.parametrize('n', range(6))\ndef test_a(n): assert n != 3\n")
+    result = ptr.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=5, failed=1)
+    (run_dir,) = (ptr.path / "logs").iterdir()  # one run, although its id was generated
+    meta = json.loads(etcdctl.get(f"{prefix}/runs/{run_dir.name}/meta") or "{}")
+    assert meta["counts"] == {"passed": 5, "failed": 1, "skipped": 0, "remaining": 0, "total": 6}
+    assert etcdctl.get(f"{prefix}/runs/{run_dir.name}/status") == "FAILED"
+    log_text = (run_dir / "pytest.log").read_text()
+    assert log_text.count("pytest_runtest_setup: ") == 6
+
+
+def test_xdist_cancelled_run_skips_on_every_worker(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+    etcdctl("put", f"{prefix}/runs/xd-1/cancelled", "1")
+    ptr.makepyfile("import pytest\n@pytest.mark.parametrize('n', range(4))\ndef test_a(n): pass\n")
+    result = ptr.runpytest_subprocess("-n", "2", "--run-id", "xd-1")
+    result.assert_outcomes(skipped=4)
+    assert result.ret == 2
+    assert etcdctl.get(f"{prefix}/runs/xd-1/status") == "CANCELLED"

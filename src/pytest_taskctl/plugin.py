@@ -13,7 +13,7 @@ import pytest
 from . import groups, livepause, resume, tracing
 from .control import CANCEL_REASON
 from .outcome import TestOutcome
-from .run import RunSettings, TaskRun, argv_of, header_lines, summary_lines
+from .run import WORKER_RUN_ID, RunSettings, TaskRun, argv_of, header_lines, summary_lines
 
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[tuple[object, object]]()
@@ -73,7 +73,14 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = RunSettings.from_config(config)  # bad values: UsageError, exit 4
     if config.option.help or config.option.version:
         return
-    run = config.stash[RUN_KEY] = TaskRun(settings, is_worker=hasattr(config, "workerinput"))
+    run = config.stash[RUN_KEY] = TaskRun(
+        settings,
+        is_worker=hasattr(config, "workerinput"),
+        is_controller=bool(getattr(config.option, "numprocesses", None))
+        and not hasattr(config, "workerinput"),
+    )
+    if run.is_controller:
+        config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
     for feature in FEATURES:
         feature_plugin = feature.make_plugin(config, run)
         if feature_plugin is not None:
@@ -160,6 +167,28 @@ def pytest_runtest_makereport(
     elif run is not None:
         run.record_report(report)
     return report
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: object) -> None:
+    """pytest-xdist: workers join the controller's run (its id may be generated)."""
+    run = _run(node.config)  # type: ignore[attr-defined]
+    if run is not None:
+        node.workerinput[WORKER_RUN_ID] = run.settings.run_id  # type: ignore[attr-defined]
+
+
+class XdistControllerProgress:
+    """On the xdist controller (which runs no tests): progress from workers' reports."""
+
+    def __init__(self, run: TaskRun) -> None:
+        self.run = run
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.run.record_report(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        self.run.control.total = max(self.run.control.total, len(ids))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,6 +35,7 @@ from .tracing import ExportConfig, InvalidExportConfig, RunTracer, format_tracep
 log = logging.getLogger("pytest_taskctl.plugin")
 
 RUN_ID_ENV = "PYTEST_RUN_ID"
+WORKER_RUN_ID = "taskctl_run_id"
 TRACE_MODES = ("test", "session")
 SECRET_WORDS = re.compile(r"(password|passwd|secret|token|api[-_]?key)", re.IGNORECASE)
 
@@ -102,9 +104,12 @@ class RunSettings:
         environ = os.environ
         raw_id = option.taskctl_run_id
         source = "--run-id"
+        workerinput = getattr(config, "workerinput", {})
+        if WORKER_RUN_ID in workerinput:  # an xdist worker: the controller's (maybe generated) id
+            raw_id, source = workerinput[WORKER_RUN_ID], "the xdist controller"
         if raw_id is None and RUN_ID_ENV in environ:
             raw_id, source = environ[RUN_ID_ENV], f"{RUN_ID_ENV} environment variable"
-        generated = raw_id is None
+        generated = raw_id is None and not workerinput
         try:
             run_id = generate_run_id() if raw_id is None else validate_run_id(raw_id)
             etcd = EtcdSettings.resolve(
@@ -146,9 +151,14 @@ class RunSettings:
 class TaskRun:
     """State and behaviour of the run for the lifetime of one pytest session."""
 
-    def __init__(self, settings: RunSettings, *, is_worker: bool = False) -> None:
+    def __init__(
+        self, settings: RunSettings, *, is_worker: bool = False, is_controller: bool = False
+    ) -> None:
         self.settings = settings
+        #: pytest-xdist: workers run tests (gate, spans, logs); the controller
+        #: owns status and meta, counting from the reports workers send.
         self.is_worker = is_worker
+        self.is_controller = is_controller
         self.gateway: EtcdGateway | None = None
         self.view: WatchedRange | None = None
         self.writer: KeyWriter | None = None
@@ -162,6 +172,11 @@ class TaskRun:
         self.final_status = ""
         self._saved_sigterm: Any = None
         self._lost_lock = threading.Lock()
+        #: Called in start() after connecting, before anything is written to etcd;
+        #: each may add fields to the meta record or raise (e.g. UsageError) to refuse the run.
+        self.start_hooks: list[Callable[[TaskRun], Mapping[str, Any] | None]] = []
+        #: Called in finish() after the last writes landed, while the gateway is still open.
+        self.close_hooks: list[Callable[[TaskRun], None]] = []
 
     # -- session ----------------------------------------------------------------
 
@@ -178,7 +193,14 @@ class TaskRun:
         if settings.run_id_generated:
             log.warning("no run id given; generated run id %s", settings.run_id)
         self._connect()
-        self.control.start(self._meta(argv))
+        meta = self._meta(argv)
+        try:
+            for hook in self.start_hooks:
+                meta.update(hook(self) or {})
+        except BaseException:
+            self._abort()
+            raise
+        self.control.start(meta)
         log.info("pytest_sessionstart: run %s (%s)", settings.run_id, self.control_description)
         self._install_sigterm()
 
@@ -241,6 +263,8 @@ class TaskRun:
     def finish(self, session: pytest.Session) -> None:
         """End status, flush etcd writes and telemetry -- each with a deadline."""
         exitstatus = session.exitstatus
+        if self.is_controller:
+            self.control.is_cancelled()  # the workers saw the flag; the controller looks now
         if self.control.cancel_seen:
             status = "CANCELLED"
             session.exitstatus = pytest.ExitCode.INTERRUPTED
@@ -262,6 +286,11 @@ class TaskRun:
             self.writes_landed = self.writer.close(timeout=2.0)
             if not self.writes_landed:
                 log.warning("etcd did not take the final status/results within 2 s")
+        for hook in self.close_hooks:
+            try:
+                hook(self)
+            except Exception:
+                log.exception("taskctl close hook failed")
         if self.gateway is not None:
             self.gateway.close()
         if self.tracer is not None:
@@ -271,6 +300,20 @@ class TaskRun:
             if not self.tracer.shutdown():
                 log.warning("span export did not finish within 2 s; traces.jsonl is complete")
         self._restore_sigterm()
+        self.runlog.stop()
+        tracing.activate(None)
+
+    def _abort(self) -> None:
+        """Undo start() when a start hook refused the run: nothing was written to etcd."""
+        if self.view is not None:
+            self.view.stop()
+        if self.writer is not None:
+            self.writer.close(timeout=0)
+        if self.gateway is not None:
+            self.gateway.close()
+        if self.tracer is not None:
+            self.tracer.end_session("INTERRUPTED", {})
+            self.tracer.shutdown()
         self.runlog.stop()
         tracing.activate(None)
 

@@ -1,0 +1,954 @@
+"""``taskctl``: look at and steer pytest runs from any shell.
+
+Every subcommand is a thin layer over :class:`~pytest_taskctl.store.StateStore`
+and the key layout of :class:`~pytest_taskctl.keys.RunKeys`, so what
+``taskctl`` does can always be done with ``etcdctl`` too (docs/cli.md lists
+the equivalents).
+
+Adding a subcommand takes a handler ``(ctx: Context) -> int``, an optional
+function adding its arguments, and one :class:`Command` entry in
+:func:`default_commands`. Shared etcd options, ``--json``, run id
+validation, lazy etcd connection and the mapping of errors to exit codes
+(0 ok, 1 failed action, 2 usage) come with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+from . import __version__
+from .keys import FINAL_STATUSES, RunKeys, flag_is_true, validate_run_id
+from .settings import EtcdSettings, SettingError, resolve_prefix
+from .store import (
+    EtcdUnavailable,
+    StateStore,
+    WatchedRange,
+    delete_op,
+    key_missing,
+    mod_revision_equals,
+    put_op,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Run-level keys (``<run>/<name>``) that make up what taskctl shows of a run.
+RUN_LEAVES = ("status", "meta", "paused", "cancelled")
+COUNT_NAMES = ("passed", "failed", "skipped", "remaining", "total")
+
+#: How long ``watch`` waits for the final ``meta`` once the final status is in
+#: (the plugin writes both through one queue, but possibly in two transactions).
+FINAL_META_GRACE = 2.0
+#: How often ``watch`` checks that a run on this host still has its process.
+LIVENESS_CHECK = 1.0
+
+
+class CommandFailed(Exception):
+    """An action that could not be done (unknown run, ended run, ...): exit 1."""
+
+
+# -- parser -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, help, arguments and handler."""
+
+    name: str
+    help: str
+    handler: Callable[[Context], int]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    uses_etcd: bool = True
+    prints_data: bool = False
+    description: str | None = None
+
+
+def add_etcd_options(parser: argparse.ArgumentParser) -> None:
+    """The etcdctl-style connection options every etcd subcommand shares."""
+    group = parser.add_argument_group("etcd connection (like etcdctl)")
+    group.add_argument(
+        "--etcd",
+        "--endpoints",
+        dest="etcd",
+        metavar="HOST:PORT[,...]",
+        help="etcd endpoints, also http(s):// URLs "
+        "(env PYTEST_TASKCTL_ETCD, ETCDCTL_ENDPOINTS; default 127.0.0.1:2379)",
+    )
+    group.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        help="key prefix of the runs (env PYTEST_TASKCTL_PREFIX; default /pytest-taskctl)",
+    )
+    for name, what in (
+        ("cacert", "CA file"),
+        ("cert", "client certificate"),
+        ("key", "client key"),
+    ):
+        group.add_argument(
+            f"--{name}",
+            f"--etcd-{name}",
+            dest=name,
+            metavar="FILE",
+            help=f"TLS {what} (env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
+        )
+    group.add_argument(
+        "--user",
+        "--etcd-user",
+        dest="user",
+        metavar="USER[:PASSWORD]",
+        help="etcd credentials (env PYTEST_TASKCTL_ETCD_USER, ETCDCTL_USER; a password "
+        "given apart: PYTEST_TASKCTL_ETCD_PASSWORD, ETCDCTL_PASSWORD)",
+    )
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (shapes in docs/cli.md) instead of text"
+    )
+
+
+def run_id_argument(text: str) -> str:
+    """argparse type for run ids: a bad one is a usage error naming the allowed pattern."""
+    try:
+        return validate_run_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_run_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", metavar="RUN_ID", type=run_id_argument, help="the run's id")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {text}")
+    return value
+
+
+def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskctl",
+        description="Look at, pause, resume and cancel pytest runs through etcd (pytest-taskctl).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in default_commands() if commands is None else commands:
+        sub = subparsers.add_parser(
+            command.name, help=command.help, description=command.description or command.help
+        )
+        if command.arguments is not None:
+            command.arguments(sub)
+        if command.prints_data:
+            add_json_option(sub)
+        if command.uses_etcd:
+            add_etcd_options(sub)
+        sub.set_defaults(handler=command.handler)
+    return parser
+
+
+# -- context ----------------------------------------------------------------------
+
+
+class Context:
+    """What a handler needs: its arguments, the output streams, and etcd on first use."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self._store: StateStore | None = None
+
+    @cached_property
+    def settings(self) -> EtcdSettings:
+        """Resolved on first use, so ``taskctl server`` never trips over etcd settings."""
+        args = self.args
+        return EtcdSettings.resolve(
+            endpoints=getattr(args, "etcd", None),
+            cacert=getattr(args, "cacert", None),
+            cert=getattr(args, "cert", None),
+            key=getattr(args, "key", None),
+            user=getattr(args, "user", None),
+            option_prefix="--etcd",
+        )
+
+    @cached_property
+    def prefix(self) -> str:
+        return resolve_prefix(getattr(self.args, "prefix", None))
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            self._store = StateStore(self.settings, self.prefix)
+        return self._store
+
+    def keys(self, run_id: str) -> RunKeys:
+        return RunKeys(self.prefix, run_id)
+
+    def redact(self, text: str) -> str:
+        """Belt and braces: a password must never reach the terminal."""
+        if "settings" in self.__dict__ and self.settings.password:
+            text = text.replace(self.settings.password, "***")
+        return text
+
+    def say(self, text: str) -> None:
+        """A message for the person at the terminal (stderr)."""
+        print(self.redact(text), file=self.err, flush=True)
+
+    def emit(self, text: str) -> None:
+        """Data (stdout)."""
+        print(text, file=self.out, flush=True)
+
+    def emit_json(self, data: Any) -> None:
+        self.emit(json.dumps(data, indent=2))
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+# -- reading runs -----------------------------------------------------------------
+
+
+def _meta(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def run_record(run_id: str, leaves: Mapping[str, bytes | None]) -> dict[str, Any]:
+    """The JSON object of one run, from its run-level keys (``status``, ``meta``, flags).
+
+    ``status`` comes from ``<run>/status`` (the plugin's word), else from meta;
+    times are epoch seconds as the plugin writes them.
+    """
+    meta = _meta(leaves.get("meta"))
+    raw_status = leaves.get("status")
+    status = raw_status.decode("utf-8", "replace").strip() if raw_status is not None else None
+    if not status and isinstance(meta.get("status"), str):
+        status = meta["status"]
+    counts = meta.get("counts")
+    if not isinstance(counts, dict):
+        counts = {}
+    current = meta.get("current")
+    if not isinstance(current, list):
+        current = []
+    pid = meta.get("pid")
+    exit_code = meta.get("exit_code")
+    return {
+        "run_id": run_id,
+        "status": status or None,
+        "counts": {name: _count(counts.get(name)) for name in COUNT_NAMES},
+        "started": _number(meta.get("started")),
+        "updated": _number(meta.get("updated")),
+        "ended": _number(meta.get("ended")),
+        "host": meta.get("host") if isinstance(meta.get("host"), str) else None,
+        "pid": pid if isinstance(pid, int) else None,
+        "current": [str(nodeid) for nodeid in current],
+        "flags": {
+            "paused": flag_is_true(leaves.get("paused")),
+            "cancelled": flag_is_true(leaves.get("cancelled")),
+        },
+        "exit_code": exit_code if isinstance(exit_code, int) else None,
+        "trace_id": meta.get("trace_id"),
+        "traceparent": meta.get("traceparent"),
+        "log_file": meta.get("log_file"),
+        "traces_file": meta.get("traces_file"),
+        "argv": meta.get("argv") if isinstance(meta.get("argv"), list) else None,
+    }
+
+
+def read_run(ctx: Context, run_id: str) -> dict[str, Any]:
+    """One run's record; :class:`CommandFailed` when no key exists under ``<run>/``."""
+    keys = ctx.keys(run_id)
+    gateway = ctx.store.gateway
+    # Two small reads instead of one over <run>/: that would drag every result along.
+    values = gateway.range(*keys.control_range).as_dict()
+    values.update(gateway.range(keys.status).as_dict())
+    if not values and not ctx.store.run_exists(run_id):
+        raise unknown_run(ctx, run_id)
+    return run_record(run_id, {name: values.get(keys.flag(name)) for name in RUN_LEAVES})
+
+
+def unknown_run(ctx: Context, run_id: str) -> CommandFailed:
+    return CommandFailed(
+        f"no run {run_id!r} under {ctx.prefix or '/'} on etcd {ctx.settings.describe()} "
+        "(see `taskctl runs`; wrong --prefix or --etcd?)"
+    )
+
+
+def is_final(record: Mapping[str, Any]) -> bool:
+    return record.get("status") in FINAL_STATUSES
+
+
+# -- formatting -------------------------------------------------------------------
+
+
+def format_time(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def format_counts(record: Mapping[str, Any]) -> str:
+    counts = record["counts"]
+    return (
+        f"{counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped, {counts['remaining']} remaining"
+    )
+
+
+def flag_notes(record: Mapping[str, Any]) -> list[str]:
+    """What the flags ask for that the status does not show yet."""
+    notes: list[str] = []
+    flags, status = record["flags"], record["status"]
+    if is_final(record):
+        return notes
+    if flags["cancelled"]:
+        notes.append("cancel requested")
+    if flags["paused"] and status != "PAUSED" and not flags["cancelled"]:
+        notes.append("pause requested: running tests finish first")
+    if status == "PAUSED" and not flags["paused"] and not flags["cancelled"]:
+        notes.append("resume requested")
+    return notes
+
+
+def format_line(record: Mapping[str, Any]) -> str:
+    """One line of progress, as ``watch`` prints it when stdout is not a terminal."""
+    line = f"{record['run_id']} {record['status'] or '-'}: {format_counts(record)}"
+    if is_final(record) and record["exit_code"] is not None:
+        line += f" (exit {record['exit_code']})"
+    notes = flag_notes(record)
+    if notes:
+        line += " [" + "; ".join(notes) + "]"
+    if record["current"] and not is_final(record):
+        line += " | running " + ", ".join(record["current"])
+    return line
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+# -- runs and status --------------------------------------------------------------
+
+
+def cmd_runs(ctx: Context) -> int:
+    records = [run_record(run_id, leaves) for run_id, leaves in ctx.store.list_runs().items()]
+    records.sort(key=lambda r: (r["started"] is not None, r["started"] or 0.0, r["run_id"]))
+    records.reverse()  # newest first, runs without a start time last
+    if ctx.args.json:
+        ctx.emit_json(records)
+        return EXIT_OK
+    if not records:
+        ctx.say(f"no runs under {ctx.prefix or '/'} on etcd {ctx.settings.describe()}")
+        return EXIT_OK
+    header = ("RUN ID", "STATUS", "PASSED", "FAILED", "SKIPPED", "REMAINING", "STARTED", "HOST")
+    rows = [header]
+    for record in records:
+        counts = record["counts"]
+        status = record["status"] or "-"
+        if flag_notes(record):
+            status += "*"
+        rows.append(
+            (
+                record["run_id"],
+                status,
+                *(str(counts[name]) for name in ("passed", "failed", "skipped", "remaining")),
+                format_time(record["started"]),
+                record["host"] or "-",
+            )
+        )
+    for line in format_table(rows):
+        ctx.emit(line)
+    if any(flag_notes(record) for record in records):
+        ctx.say("* a pause or cancel was requested and is not in effect yet")
+    return EXIT_OK
+
+
+def cmd_status(ctx: Context) -> int:
+    record = read_run(ctx, ctx.args.run_id)
+    if ctx.args.json:
+        ctx.emit_json(record)
+        return EXIT_OK
+    counts, flags = record["counts"], record["flags"]
+    status = record["status"] or "-"
+    if record["exit_code"] is not None:
+        status += f" (exit {record['exit_code']})"
+    started = format_time(record["started"])
+    if record["started"] and record["ended"]:
+        started += f" (took {format_duration(record['ended'] - record['started'])})"
+    elif record["started"] and not is_final(record):
+        started += f" ({format_duration(time.time() - record['started'])} ago)"
+    host = record["host"] or "-"
+    if record["pid"] is not None:
+        host += f" (pid {record['pid']})"
+    yes_no = {True: "yes", False: "no"}
+    lines = [
+        ("run", record["run_id"]),
+        ("status", status),
+        ("progress", f"{format_counts(record)} (of {counts['total']})"),
+        ("started", started),
+        ("host", host),
+        ("flags", f"paused: {yes_no[flags['paused']]}, cancelled: {yes_no[flags['cancelled']]}"),
+    ]
+    lines += [("note", note) for note in flag_notes(record)]
+    lines += [("current", nodeid) for nodeid in record["current"]] or [("current", "-")]
+    if record["trace_id"]:
+        lines.append(("trace id", str(record["trace_id"])))
+    if record["log_file"]:
+        lines.append(("log", str(record["log_file"])))
+    if record["traces_file"]:
+        lines.append(("traces", str(record["traces_file"])))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        ctx.emit(f"{label.ljust(width)}  {value}")
+    return EXIT_OK
+
+
+# -- pause, resume, cancel --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlagAction:
+    """What ``pause``/``resume``/``cancel`` write, and what they tell the user."""
+
+    verb: str
+    flag: str
+    set_flag: bool
+    done: str
+
+
+FLAG_ACTIONS = {
+    "pause": FlagAction(
+        "pause", "paused", True, "paused {run}: no new test starts; running tests finish"
+    ),
+    "resume": FlagAction("resume", "paused", False, "resumed {run}: tests start again"),
+    "cancel": FlagAction(
+        "cancel", "cancelled", True, "cancelled {run}: running tests finish, the rest are skipped"
+    ),
+}
+
+
+def apply_flag(ctx: Context, action: FlagAction, run_id: str) -> int:
+    """Write the flag unless the run is unknown or over.
+
+    The write is a transaction guarded by the status key's revision, so a run
+    that ends between our check and our write is refused, not flagged.
+    """
+    keys = ctx.keys(run_id)
+    gateway = ctx.store.gateway
+    flag_key = keys.flag(action.flag)
+    for _attempt in range(5):
+        status_kvs = gateway.range(keys.status).kvs
+        if not status_kvs and not ctx.store.run_exists(run_id):
+            raise unknown_run(ctx, run_id)
+        status = status_kvs[0].text.strip() if status_kvs else None
+        if status in FINAL_STATUSES:
+            raise CommandFailed(f"run {run_id} already ended ({status}); nothing to {action.verb}")
+        before = gateway.get(flag_key)
+        guard = (
+            mod_revision_equals(keys.status, status_kvs[0].mod_revision)
+            if status_kvs
+            else key_missing(keys.status)
+        )
+        op = put_op(flag_key, "1") if action.set_flag else delete_op(flag_key)
+        if gateway.txn([op], compare=[guard]):
+            break
+    else:
+        raise CommandFailed(f"run {run_id} changed status while we tried to {action.verb}; retry")
+    message = action.done.format(run=run_id)
+    if action.verb == "pause" and flag_is_true(before):
+        message += " (it was already paused)"
+    elif action.verb == "resume" and not flag_is_true(before):
+        message = f"{run_id} was not paused; nothing to resume"
+    elif action.verb == "cancel" and flag_is_true(gateway.get(keys.paused)):
+        message += "; the pause is released"
+    ctx.say(message)
+    return EXIT_OK
+
+
+def flag_command(action: FlagAction) -> Callable[[Context], int]:
+    def handler(ctx: Context) -> int:
+        return apply_flag(ctx, action, ctx.args.run_id)
+
+    handler.__name__ = f"cmd_{action.verb}"
+    return handler
+
+
+# -- watch ------------------------------------------------------------------------
+
+
+class Display(Protocol):
+    def __enter__(self) -> Display: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def show(self, record: dict[str, Any]) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+def _visible(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The part of a record a change of which is worth a new line."""
+    counts = tuple(record["counts"][name] for name in COUNT_NAMES)
+    flags = (record["flags"]["paused"], record["flags"]["cancelled"])
+    return record["status"], counts, tuple(record["current"]), flags, record["exit_code"]
+
+
+class PlainDisplay:
+    """One line per visible change: readable in logs, CI output and tests."""
+
+    def __init__(self, ctx: Context, as_json: bool) -> None:
+        self.ctx = ctx
+        self.as_json = as_json
+        self._last: object = None
+
+    def __enter__(self) -> PlainDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def show(self, record: dict[str, Any]) -> None:
+        visible = _visible(record) if self.as_json else format_line(record)
+        if visible == self._last:
+            return
+        self._last = visible
+        if self.as_json:
+            self.ctx.emit(json.dumps(record))
+        else:
+            self.ctx.emit(time.strftime("%H:%M:%S ") + format_line(record))
+
+    def note(self, text: str) -> None:
+        self.ctx.say(f"taskctl: {text}")
+
+
+class LiveDisplay:
+    """A rich Live panel on a terminal: progress bar, counts, current tests."""
+
+    def __init__(self, ctx: Context) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.record: dict[str, Any] | None = None
+        self.notice = ""
+        self.console = Console(file=ctx.out, force_terminal=True)
+        self.live = Live(
+            self,
+            console=self.console,
+            refresh_per_second=4,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    def __enter__(self) -> LiveDisplay:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def show(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.live.refresh()
+
+    def note(self, text: str) -> None:
+        self.notice = text
+        self.live.refresh()
+
+    def __rich__(self) -> Any:
+        """Rendered on every refresh, so the elapsed time ticks without etcd traffic."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        record = self.record
+        if record is None:
+            return Text("waiting for the run ...")
+        counts = record["counts"]
+        done = counts["passed"] + counts["failed"] + counts["skipped"]
+        total = counts["total"] or done + counts["remaining"]
+        style = {"COMPLETED": "green", "FAILED": "red", "PAUSED": "yellow"}.get(
+            record["status"] or "", "cyan" if not is_final(record) else "magenta"
+        )
+        head = Text.assemble((record["run_id"], "bold"), "  ", (record["status"] or "-", style))
+        if record["started"]:
+            end = record["ended"] if is_final(record) and record["ended"] else time.time()
+            head.append(f"  {format_duration(end - record['started'])}")
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=max(total, 1), completed=done, width=50), f"{done}/{total}")
+        lines: list[Any] = [
+            head,
+            bar,
+            Text.assemble(
+                (f"{counts['passed']} passed", "green"),
+                ", ",
+                (f"{counts['failed']} failed", "red" if counts["failed"] else ""),
+                f", {counts['skipped']} skipped, {counts['remaining']} remaining",
+            ),
+        ]
+        lines += [Text(note, style="yellow") for note in flag_notes(record)]
+        if not is_final(record):
+            lines += [Text(f"running {nodeid}", style="dim") for nodeid in record["current"]]
+        if self.notice:
+            lines.append(Text(self.notice, style="yellow"))
+        return Group(*lines)
+
+
+def process_gone(record: Mapping[str, Any]) -> bool:
+    """True when the run's pytest process ran on this host and no longer exists.
+
+    Only a same-host check is possible; elsewhere we cannot tell a dead run
+    from a slow test.
+    """
+    pid = record["pid"]
+    if not pid or pid <= 0 or record["host"] != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but not ours (EPERM), or not checkable here
+        return False
+    return False
+
+
+def cmd_watch(ctx: Context) -> int:
+    """Follow a run through a watched local view of its keys until its status is final."""
+    run_id = ctx.args.run_id
+    keys = ctx.keys(run_id)
+    gateway = ctx.store.gateway
+    # [cancelled, status\0) holds every run-level key; results and pauses sit
+    # inside it too, but only cost a predicate call per event.
+    start, end = keys.cancelled, keys.status + "\0"
+    initial = gateway.range(start, end)
+    if not initial.kvs and not ctx.store.run_exists(run_id):
+        raise unknown_run(ctx, run_id)
+    watched = [keys.flag(name) for name in RUN_LEAVES]
+
+    live = ctx.out.isatty() and not ctx.args.json
+    display: Display = LiveDisplay(ctx) if live else PlainDisplay(ctx, ctx.args.json)
+    lost = [False]
+
+    def on_connection_change(connected: bool, error: BaseException | None) -> None:
+        if not connected and not lost[0]:
+            lost[0] = True
+            display.note(f"lost etcd ({error}); reconnecting, last known state shown")
+        elif connected and lost[0]:
+            lost[0] = False
+            display.note("etcd is back")
+
+    view = WatchedRange(gateway, start, end, on_connection_change=on_connection_change)
+    view.start(initial)
+
+    def state(values: Mapping[str, bytes]) -> tuple[bytes | None, ...]:
+        return tuple(values.get(key) for key in watched)
+
+    def changed_from(
+        seen: tuple[bytes | None, ...],
+    ) -> Callable[[Mapping[str, bytes]], bool]:
+        return lambda values: state(values) != seen
+
+    def record_of(values: Mapping[str, bytes]) -> dict[str, Any]:
+        return run_record(run_id, {name: values.get(keys.flag(name)) for name in RUN_LEAVES})
+
+    def final(values: Mapping[str, bytes]) -> bool:
+        status = values.get(keys.status)
+        return status is not None and status.decode("utf-8", "replace").strip() in FINAL_STATUSES
+
+    def present() -> dict[str, bytes]:
+        return {key: value for key in watched if (value := view.get(key)) is not None}
+
+    def final_meta(values: Mapping[str, bytes]) -> bool:
+        return _meta(values.get(keys.meta)).get("ended") is not None
+
+    interval = ctx.args.interval
+    try:
+        with display:
+            while True:
+                current = present()
+                if final(current):
+                    view.wait_until(final_meta, FINAL_META_GRACE)
+                    display.show(record_of(present()))
+                    return EXIT_OK
+                record = record_of(current)
+                display.show(record)
+                if interval:
+                    # Coalesce changes for `interval` s, but never hold back the end.
+                    view.wait_until(final, interval)
+                changed = changed_from(state(current))
+                while not view.wait_until(changed, LIVENESS_CHECK):
+                    if process_gone(record) and not view.wait_until(final, LIVENESS_CHECK):
+                        raise CommandFailed(
+                            f"run {run_id}: its pytest process (pid {record['pid']} on "
+                            f"{record['host']}) is gone, but its status is still "
+                            f"{record['status']}; it was probably killed"
+                        )
+    finally:
+        view.stop()
+
+
+def watch_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_id(parser)
+    parser.add_argument(
+        "--interval",
+        type=_non_negative_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="show at most one update per SECONDS (default 0.5; the end is shown at once); "
+        "updates come from an etcd watch, not from polling",
+    )
+
+
+# -- server -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the foreground server alike.
+
+    SIGINT is set explicitly: a shell starts background jobs with it ignored,
+    and ``kill -INT`` should still stop the server cleanly.
+    """
+    if not threading_is_main():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def threading_is_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While etcd shuts down, a second Ctrl-C must not leave it running."""
+    if not threading_is_main():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def cmd_server(ctx: Context) -> int:
+    from .server import EmbeddedEtcd, EtcdNotInstalled, port_in_use
+
+    args = ctx.args
+    data_dir = Path(args.data_dir).expanduser().absolute()
+    if port_in_use(args.port, args.host):
+        raise CommandFailed(
+            f"port {args.port} on {args.host} is already in use (another etcd or taskctl "
+            "server?); stop it or choose another with --port"
+        )
+    server = EmbeddedEtcd(data_dir, port=args.port, host=args.host)
+    with stop_signals_interrupt():
+        try:
+            server.start()
+            if not args.host.startswith("127.") and args.host != "localhost":
+                ctx.say(
+                    f"taskctl: warning: etcd listens on {args.host} without TLS or auth; "
+                    "anyone who reaches it can pause and cancel runs"
+                )
+            ctx.say(f"etcd ready at {server.endpoint} (data {data_dir}); Ctrl-C to stop")
+            assert server.process is not None
+            code = server.process.wait()
+            raise CommandFailed(f"etcd exited unexpectedly (code {code}); see {server.log_path}")
+        except KeyboardInterrupt:
+            ctx.say("stopping etcd")
+            return EXIT_OK
+        except EtcdNotInstalled as exc:
+            raise CommandFailed(str(exc)) from None
+        except (RuntimeError, OSError) as exc:  # etcd exited, never became healthy, no data dir
+            raise CommandFailed(f"cannot start etcd: {exc}") from None
+        finally:
+            with signals_ignored():
+                server.stop()
+
+
+def server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=os.path.join(".taskctl", "etcd"),
+        metavar="DIR",
+        help="etcd data directory, kept between starts (default .taskctl/etcd); "
+        "etcd's log goes next to it (DIR.log)",
+    )
+    parser.add_argument("--port", type=_port, default=2379, help="client port (default 2379)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; etcd runs without TLS or auth)",
+    )
+
+
+# -- commands and main ------------------------------------------------------------
+
+
+def default_commands() -> list[Command]:
+    """The subcommands of ``taskctl``; add one here (docs/cli.md documents each)."""
+    flag_commands = [
+        Command(
+            name,
+            help=help_text,
+            handler=flag_command(FLAG_ACTIONS[name]),
+            arguments=add_run_id,
+            description=f"{help_text}. Equivalent: {etcdctl_text}",
+        )
+        for name, help_text, etcdctl_text in (
+            ("pause", "hold the run before its next test", "etcdctl put <run>/paused 1"),
+            ("resume", "let a paused run go on", "etcdctl del <run>/paused"),
+            (
+                "cancel",
+                "cancel the run: running tests finish, the rest are skipped",
+                "etcdctl put <run>/cancelled 1",
+            ),
+        )
+    ]
+    return [
+        Command(
+            "server",
+            help="run an embedded etcd in the foreground (one machine, no Docker)",
+            handler=cmd_server,
+            arguments=server_arguments,
+            uses_etcd=False,
+        ),
+        Command(
+            "runs",
+            help="list runs, newest first: status, progress, start, host",
+            handler=cmd_runs,
+            prints_data=True,
+        ),
+        Command(
+            "status",
+            help="one run: status, progress, flags, current test(s)",
+            handler=cmd_status,
+            arguments=add_run_id,
+            prints_data=True,
+        ),
+        *flag_commands,
+        Command(
+            "watch",
+            help="live progress of a run until it ends (exit 0 then)",
+            handler=cmd_watch,
+            arguments=watch_arguments,
+            prints_data=True,
+        ),
+    ]
+
+
+def _unreachable(ctx: Context, detail: str) -> str:
+    where = ctx.settings.describe()
+    if detail.startswith("etcd unreachable (") and detail.endswith(")"):
+        detail = detail[len("etcd unreachable (") : -1]
+    if len(ctx.settings.endpoints) == 1:
+        endpoint = ctx.settings.endpoints[0]
+        detail = detail.removeprefix(f"{endpoint.host}:{endpoint.port}: ")
+    return f"taskctl: etcd unreachable at {where}: {detail}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``taskctl`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help and --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    ctx = Context(args, sys.stdout, sys.stderr)
+    try:
+        return int(args.handler(ctx))
+    except SettingError as exc:
+        ctx.say(f"taskctl: {exc}")
+        return EXIT_USAGE
+    except EtcdUnavailable as exc:
+        ctx.say(_unreachable(ctx, str(exc)))
+        return EXIT_FAILED
+    except BrokenPipeError:  # `taskctl runs | head -1`: the reader is gone, stay quiet
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except OSError as exc:  # requests' errors are OSErrors: etcd went away mid-command
+        ctx.say(_unreachable(ctx, _first_line(exc)))
+        return EXIT_FAILED
+    except CommandFailed as exc:
+        ctx.say(f"taskctl: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if type(exc).__module__.startswith("etcd3"):  # etcd answered with an error
+            ctx.say(f"taskctl: etcd refused the request: {_first_line(exc)}")
+            return EXIT_FAILED
+        raise
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
