@@ -155,7 +155,6 @@ class RunTracer:
         self._otlp_processors: list[Any] = []
         self._provider: Any = None
         self._running: dict[int, trace.Span] = {}
-        self._running_lock = threading.Lock()
         self.session_span: trace.Span = NonRecordingSpan(_random_span_context())
         self._session_token: object | None = None
         self._parent_context = TraceContextTextMapPropagator().extract(
@@ -244,20 +243,19 @@ class RunTracer:
                 attributes=attributes,
             )
         token = otel_context.attach(trace.set_span_in_context(span))
-        with self._running_lock:
-            self._running[threading.get_ident()] = span
+        self._running[threading.get_ident()] = span  # one dict op: atomic under the GIL
         return span, token
 
     def end_test(self, span: trace.Span, token: object, outcome: TestOutcome) -> None:
-        with self._running_lock:
-            self._running.pop(threading.get_ident(), None)
+        self._running.pop(threading.get_ident(), None)
         try:
             otel_context.detach(token)  # type: ignore[arg-type]
         except Exception:
             pass
         if span.is_recording():
-            span.set_attribute("test.case.result.status", outcome.status)
-            span.set_attribute("pytest.outcome", outcome.word)
+            span.set_attributes(
+                {"test.case.result.status": outcome.status, "pytest.outcome": outcome.word}
+            )
             if outcome.status == "fail":
                 span.set_status(Status(StatusCode.ERROR, f"{outcome.when}: {outcome.message}"[:500]))
                 span.add_event(
@@ -273,9 +271,9 @@ class RunTracer:
 
         If exactly one test is running, that test; otherwise the session.
         """
-        with self._running_lock:
-            if len(self._running) == 1:
-                return next(iter(self._running.values())).get_span_context()
+        running = list(self._running.values())
+        if len(running) == 1:
+            return running[0].get_span_context()
         return self.session_context
 
     # -- shutdown ---------------------------------------------------------------
