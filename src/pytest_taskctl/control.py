@@ -49,7 +49,11 @@ class RunControl:
         self._waiting = 0
         self._status = ""
         self._lock = threading.Lock()
+        self._meta_lock = threading.Lock()
         self._last_progress = 0.0
+        self._progress_changed = threading.Event()
+        self._stopped = threading.Event()
+        self._publisher: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -90,7 +94,7 @@ class RunControl:
             self._waiting += 1
             self._refresh_status()
         log.warning("run paused through etcd (%s) before %s", self.keys.paused, nodeid)
-        self.publish_progress(force=True)
+        self._progress_changed.set()
         started = time.monotonic()
 
         def released(values: Mapping[str, bytes]) -> bool:
@@ -114,6 +118,7 @@ class RunControl:
     def _test_started(self, nodeid: str) -> None:
         with self._lock:
             self._running[threading.get_ident()] = nodeid
+        self._progress_changed.set()
 
     def test_finished(self, counter: str | None) -> None:
         """Count a finished test (``counter``: passed/failed/skipped) and free its slot."""
@@ -123,7 +128,17 @@ class RunControl:
                 self.counts[counter] += 1
             if self._waiting:
                 self._refresh_status()
-        self.publish_progress()
+        self._progress_changed.set()
+
+    def _publish_loop(self) -> None:
+        """Publish progress off the test thread, at most every PROGRESS_INTERVAL."""
+        while not self._stopped.is_set():
+            self._progress_changed.wait()
+            self._progress_changed.clear()
+            if self._stopped.is_set():
+                return
+            self.publish_progress(force=True)
+            self._stopped.wait(PROGRESS_INTERVAL)
 
     def progress(self) -> dict[str, Any]:
         with self._lock:
@@ -133,13 +148,18 @@ class RunControl:
                 "current": sorted(self._running.values()),
             }
 
-    def publish_progress(self, force: bool = False) -> None:
+    def publish_progress(self, force: bool = False, status: str | None = None) -> None:
+        """Queue the meta record (and ``status`` with it, in the same transaction)."""
         now = time.monotonic()
         if self.writer is None or (not force and now - self._last_progress < PROGRESS_INTERVAL):
             return
         self._last_progress = now
-        self.meta.update(self.progress(), updated=time.time())
-        self.writer.put(self.keys.meta, json.dumps(self.meta, sort_keys=True))
+        with self._meta_lock:
+            self.meta.update(self.progress(), updated=time.time())
+            writes = {self.keys.meta: json.dumps(self.meta, sort_keys=True)}
+            if status is not None:
+                writes[self.keys.status] = status
+            self.writer.put_many(writes)
 
     # -- status -----------------------------------------------------------------
 
@@ -165,12 +185,22 @@ class RunControl:
     def start(self, meta: Mapping[str, Any]) -> None:
         self.meta = dict(meta)
         with self._lock:
-            self._set_status("RUNNING")
-        self.publish_progress(force=True)
+            self._status = "RUNNING"
+        self.publish_progress(force=True, status="RUNNING")
+        if self.writer is not None:
+            self._publisher = threading.Thread(
+                target=self._publish_loop, name="taskctl-progress", daemon=True
+            )
+            self._publisher.start()
 
     def finish(self, status: str, extra: Mapping[str, Any]) -> None:
+        """The end status and the final meta, written together."""
+        self._stopped.set()
+        self._progress_changed.set()
+        if self._publisher is not None:
+            self._publisher.join(2.0)
         with self._lock:
-            self._status = ""
-            self._set_status(status)
-        self.meta.update(extra, status=status, ended=time.time())
-        self.publish_progress(force=True)
+            self._status = status
+        with self._meta_lock:
+            self.meta.update(extra, status=status, ended=time.time())
+        self.publish_progress(force=True, status=status)

@@ -551,9 +551,14 @@ class KeyWriter:
         self._thread.start()
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> None:
-        data = value.encode("utf-8") if isinstance(value, str) else value
+        self.put_many({key: value}, lease)
+
+    def put_many(self, values: Mapping[str, str | bytes], lease: int = 0) -> None:
+        """Queue several puts that land in the same transaction."""
         with self._cond:
-            self._pending[key] = (data, lease)
+            for key, value in values.items():
+                data = value.encode("utf-8") if isinstance(value, str) else value
+                self._pending[key] = (data, lease)
             self._cond.notify_all()
 
     def delete(self, key: str) -> None:
