@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from pytest_taskctl import StateStore
@@ -45,7 +46,7 @@ def run_command(args: list[str], env: dict[str, str]) -> str:
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=30)
     output = (result.stdout + result.stderr).strip()
     if output:
-        console.print(output, markup=False)
+        console.print(output, markup=False, soft_wrap=True)
     return output
 
 
@@ -61,7 +62,7 @@ def stream(process: subprocess.Popen[str]) -> threading.Thread:
     def pump() -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            console.print(f"[dim]pytest |[/] {line.rstrip()}", markup=True, highlight=False)
+            console.print(f"[dim]pytest |[/] {escape(line.rstrip())}", soft_wrap=True)
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
@@ -124,6 +125,7 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     step("Pause it from another shell with etcdctl")
     run_command([etcdctl, "put", paused_key, "1"], env)
     wait_until(lambda: store.get_status(run_id) == "PAUSED", 15, "status PAUSED")
+    time.sleep(0.5)  # progress in meta is refreshed every 0.25 s
     held_at = passed()
     run_command([str(BIN / "taskctl"), "status", run_id], env)
     console.print("[yellow]Paused: the running test finished, no new test starts. Holding 3 s...[/]")
@@ -143,7 +145,7 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     lines = (log_dir / "pytest.log").read_text(encoding="utf-8").splitlines()
     console.print("\n[bold]pytest.log[/] (every line carries its test's trace id):")
     for line in [*lines[:4], "...", *[x for x in lines if "paused" in x or "resumed" in x], *lines[-2:]]:
-        console.print(f"  {line}", markup=False)
+        console.print(f"  {line}", markup=False, soft_wrap=True)
     spans = _spans(log_dir / "traces.jsonl")
     console.print(f"\n[bold]traces.jsonl[/]: {len(spans)} spans")
     for span in spans[:3]:
