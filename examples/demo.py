@@ -110,7 +110,15 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     paused_key = f"{PREFIX}/runs/{run_id}/paused"
 
     step(f"Run the example suite as run {run_id}")
-    pytest_args = [str(BIN / "pytest"), "examples", "-v", "-p", "no:cacheprovider", "--run-id", run_id]
+    pytest_args = [
+        str(BIN / "pytest"),
+        "examples",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+        "--run-id",
+        run_id,
+    ]
     show_command(pytest_args)
     process = subprocess.Popen(
         pytest_args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -128,10 +136,14 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     time.sleep(0.5)  # progress in meta is refreshed every 0.25 s
     held_at = passed()
     run_command([str(BIN / "taskctl"), "status", run_id], env)
-    console.print("[yellow]Paused: the running test finished, no new test starts. Holding 3 s...[/]")
+    console.print(
+        "[yellow]Paused: the running test finished, no new test starts. Holding 3 s...[/]"
+    )
     time.sleep(3)  # a person looking at a paused run
     assert passed() == held_at, "a test started while paused"
-    console.print(f"[yellow]Still {held_at} passed after 3 s: the run is held at the pause gate.[/]")
+    console.print(
+        f"[yellow]Still {held_at} passed after 3 s: the run is held at the pause gate.[/]"
+    )
 
     step("Resume it: delete the flag")
     run_command([etcdctl, "del", paused_key], env)
@@ -144,7 +156,12 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     console.print(f"traces: {log_dir / 'traces.jsonl'}  (OTLP/JSON, replayable into Jaeger/Tempo)")
     lines = (log_dir / "pytest.log").read_text(encoding="utf-8").splitlines()
     console.print("\n[bold]pytest.log[/] (every line carries its test's trace id):")
-    for line in [*lines[:4], "...", *[x for x in lines if "paused" in x or "resumed" in x], *lines[-2:]]:
+    for line in [
+        *lines[:4],
+        "...",
+        *[x for x in lines if "paused" in x or "resumed" in x],
+        *lines[-2:],
+    ]:
         console.print(f"  {line}", markup=False, soft_wrap=True)
     spans = _spans(log_dir / "traces.jsonl")
     console.print(f"\n[bold]traces.jsonl[/]: {len(spans)} spans")

@@ -116,7 +116,9 @@ def ptr(
     return pytester
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> object:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

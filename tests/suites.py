@@ -16,14 +16,14 @@ from pathlib import Path
 
 from .conftest import INNER_INI, wait_for
 
-TEST_TEMPLATE = '''
+TEST_TEMPLATE = """
 def test_{name}():
     _stamp("start {name}")
     _wait_gate("{name}")
     _stamp("end {name}")
-'''
+"""
 
-HEADER = '''
+HEADER = """
 import os, time
 from pathlib import Path
 
@@ -39,7 +39,7 @@ def _wait_gate(name):
     while not gate.exists():
         assert time.monotonic() < deadline, "gate never opened"
         time.sleep(0.005)
-'''
+"""
 
 
 class RunningSuite:

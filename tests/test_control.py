@@ -46,7 +46,14 @@ def test_pause_holds_next_test_until_resumed(suite, etcdctl: Etcdctl, prefix: st
     etcdctl("del", f"{prefix}/runs/run-1/paused")
     output = run.finish()
     assert run.returncode == 0, output
-    assert run.lines() == ["start one", "end one", "start two", "end two", "start three", "end three"]
+    assert run.lines() == [
+        "start one",
+        "end one",
+        "start two",
+        "end two",
+        "start three",
+        "end three",
+    ]
     assert status_of(etcdctl, prefix) == "COMPLETED"
     assert "run paused through etcd" in run.log_text
     assert "run resumed after" in run.log_text
@@ -84,7 +91,9 @@ def test_cancel_mid_run_lets_the_running_test_finish(suite, etcdctl: Etcdctl, pr
     assert meta["counts"] == {"passed": 1, "failed": 0, "skipped": 2, "remaining": 0, "total": 3}
 
 
-def test_cancel_before_start_skips_every_test(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+def test_cancel_before_start_skips_every_test(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
     etcdctl("put", f"{prefix}/runs/early/cancelled", "yes")
     ptr.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
     result = ptr.runpytest("--run-id", "early", "-rs")
@@ -96,7 +105,9 @@ def test_cancel_before_start_skips_every_test(ptr: pytest.Pytester, etcdctl: Etc
 
 
 @pytest.mark.parametrize("value", ["0", "false", "off", "no"])
-def test_false_flag_values_do_not_pause(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str, value: str) -> None:
+def test_false_flag_values_do_not_pause(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str, value: str
+) -> None:
     etcdctl("put", f"{prefix}/runs/calm/paused", value)
     etcdctl("put", f"{prefix}/runs/calm/cancelled", value)
     ptr.makepyfile("def test_a(): pass\n")
@@ -105,9 +116,18 @@ def test_false_flag_values_do_not_pause(ptr: pytest.Pytester, etcdctl: Etcdctl, 
     assert result.ret == 0
 
 
-def test_status_and_meta_of_a_completed_run(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+def test_status_and_meta_of_a_completed_run(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
     ptr.makepyfile("def test_a(): pass\ndef test_b(): assert 0\ndef test_c(): pass\n")
-    result = ptr.runpytest("--run-id", "meta-1", "--taskctl-etcd-user", "bob:hunter2", "--taskctl-etcd", etcdctl.endpoint)
+    result = ptr.runpytest(
+        "--run-id",
+        "meta-1",
+        "--taskctl-etcd-user",
+        "bob:hunter2",
+        "--taskctl-etcd",
+        etcdctl.endpoint,
+    )
     result.assert_outcomes(passed=2, failed=1)
     assert etcdctl.get(f"{prefix}/runs/meta-1/status") == "FAILED"
     meta = json.loads(etcdctl.get(f"{prefix}/runs/meta-1/meta") or "{}")
@@ -127,7 +147,10 @@ def test_etcd_unreachable_at_start_warns_once_and_runs(pytester: pytest.Pytester
     result.assert_outcomes(passed=2)
     assert result.ret == 0
     result.stdout.fnmatch_lines(
-        ["taskctl: warning: etcd unreachable (127.0.0.1:1: connection refused); pause/cancel disabled*"]
+        [
+            "taskctl: warning: etcd unreachable (127.0.0.1:1: connection refused); "
+            "pause/cancel disabled*"
+        ]
     )
     assert result.stdout.str().count("etcd unreachable") == 1
     assert (pytester.path / "logs" / "offline" / "pytest.log").exists()
@@ -138,7 +161,9 @@ def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str
     ctl = Etcdctl(server.endpoint)
     env = suite_env({"PYTEST_TASKCTL_ETCD": server.endpoint, "PYTEST_TASKCTL_PREFIX": prefix,
                      "PATH": ""})  # fmt: skip
-    run = RunningSuite(tmp_path, env, ["one", "two", "three", "four"], ["one", "two"], "lost-1").start()
+    run = RunningSuite(
+        tmp_path, env, ["one", "two", "three", "four"], ["one", "two"], "lost-1"
+    ).start()
     run.wait_started("one")
     server.kill()
     run.release("one")
@@ -157,7 +182,9 @@ def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_ends_run_interrupted_with_logs_flushed(suite, etcdctl: Etcdctl, prefix: str, signum: int) -> None:  # type: ignore[no-untyped-def]
+def test_signal_ends_run_interrupted_with_logs_flushed(
+    suite, etcdctl: Etcdctl, prefix: str, signum: int
+) -> None:  # type: ignore[no-untyped-def]
     run = suite(["one", "two"], gates=["one"])
     run.wait_started("one")
     run.signal(signum)
@@ -168,8 +195,12 @@ def test_signal_ends_run_interrupted_with_logs_flushed(suite, etcdctl: Etcdctl, 
     assert not run.started("two")
 
 
-def test_xdist_workers_join_the_controllers_run(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
-    ptr.makepyfile("import pytest\n@pytest.mark.parametrize('n', range(6))\ndef test_a(n): assert n != 3\n")
+def test_xdist_workers_join_the_controllers_run(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
+    ptr.makepyfile(
+        "import pytest\n@pytest.mark.parametrize('n', range(6))\ndef test_a(n): assert n != 3\n"
+    )
     result = ptr.runpytest_subprocess("-n", "2")
     result.assert_outcomes(passed=5, failed=1)
     (run_dir,) = (ptr.path / "logs").iterdir()  # one run, although its id was generated
@@ -180,7 +211,9 @@ def test_xdist_workers_join_the_controllers_run(ptr: pytest.Pytester, etcdctl: E
     assert log_text.count("pytest_runtest_setup: ") == 6
 
 
-def test_xdist_cancelled_run_skips_on_every_worker(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+def test_xdist_cancelled_run_skips_on_every_worker(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
     etcdctl("put", f"{prefix}/runs/xd-1/cancelled", "1")
     ptr.makepyfile("import pytest\n@pytest.mark.parametrize('n', range(4))\ndef test_a(n): pass\n")
     result = ptr.runpytest_subprocess("-n", "2", "--run-id", "xd-1")

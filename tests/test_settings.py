@@ -13,25 +13,35 @@ from .conftest import INNER_INI, Etcdctl
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "with space", "-dash-first", "x" * 129, "ü"])
-def test_invalid_run_id_option_is_a_usage_error(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str, bad: str) -> None:
+def test_invalid_run_id_option_is_a_usage_error(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str, bad: str
+) -> None:
     ptr.makepyfile("def test_a(): pass\n")
     result = ptr.runpytest(f"--run-id={bad}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: invalid run id {bad!r}: a run id must match *(from --run-id)"])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: invalid run id {bad!r}: a run id must match *(from --run-id)"]
+    )
     assert not (ptr.path / "logs").exists()
     assert etcdctl("get", "--prefix", prefix, "--keys-only").strip() == ""
 
 
-def test_empty_run_id_from_env_is_a_usage_error(ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_run_id_from_env_is_a_usage_error(
+    ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTEST_RUN_ID", "")
     ptr.makepyfile("def test_a(): pass\n")
     result = ptr.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: invalid run id '': *(from PYTEST_RUN_ID environment variable)"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: invalid run id '': *(from PYTEST_RUN_ID environment variable)"]
+    )
     assert not (ptr.path / "logs").exists()
 
 
-def test_run_id_from_env_and_option_wins(ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_id_from_env_and_option_wins(
+    ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTEST_RUN_ID", "from-env")
     ptr.makepyfile("def test_a(): pass\n")
     ptr.runpytest().assert_outcomes(passed=1)
@@ -40,12 +50,16 @@ def test_run_id_from_env_and_option_wins(ptr: pytest.Pytester, monkeypatch: pyte
     assert (ptr.path / "logs" / "from-option" / "pytest.log").exists()
 
 
-def test_missing_run_id_is_generated_with_a_warning(ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str) -> None:
+def test_missing_run_id_is_generated_with_a_warning(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
     ptr.makepyfile("def test_a(): pass\n")
     result = ptr.runpytest()
     result.assert_outcomes(passed=1)
     assert result.ret == 0
-    line = result.stdout.re_match_lines([r"taskctl: warning: no run id given; run id (\d{8}-\d{6}-[0-9a-f]{6}) "])
+    line = result.stdout.re_match_lines(
+        [r"taskctl: warning: no run id given; run id (\d{8}-\d{6}-[0-9a-f]{6}) "]
+    )
     run_id = re.search(r"run id (\S+) \(generated", result.stdout.str()).group(1)  # type: ignore[union-attr]
     assert line is None
     assert (ptr.path / "logs" / run_id / "pytest.log").exists()
@@ -65,7 +79,9 @@ def test_help_does_not_connect_or_write(pytester: pytest.Pytester) -> None:
     pytester.makeini(INNER_INI)
     result = pytester.runpytest("--help", "--taskctl-etcd", "127.0.0.1:1")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*--run-id=ID*", "*--taskctl-etcd=HOST:PORT*", "*--taskctl-trace-mode*"])
+    result.stdout.fnmatch_lines(
+        ["*--run-id=ID*", "*--taskctl-etcd=HOST:PORT*", "*--taskctl-trace-mode*"]
+    )
     assert not (pytester.path / "logs").exists()
 
 
@@ -74,12 +90,17 @@ def test_help_does_not_connect_or_write(pytester: pytest.Pytester) -> None:
     [
         (["--taskctl-etcd", "http://"], "invalid etcd endpoint 'http://' from --taskctl-etcd"),
         (["--taskctl-etcd", "ftp://h:1"], "invalid etcd endpoint 'ftp://h:1'"),
-        (["--taskctl-etcd-user", "nopassword"], "etcd user from --taskctl-etcd-user must be 'user:password'"),
+        (
+            ["--taskctl-etcd-user", "nopassword"],
+            "etcd user from --taskctl-etcd-user must be 'user:password'",
+        ),
         (["--taskctl-etcd-cacert", "/no/such/ca.pem"], "etcd cacert file not found"),
         (["--taskctl-log-level", "LOUD"], "invalid log level 'LOUD'"),
     ],
 )
-def test_bad_settings_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+def test_bad_settings_are_usage_errors(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
     pytester.makeini(INNER_INI)
     pytester.makepyfile("def test_a(): pass\n")
     result = pytester.runpytest("--run-id", "x", *args)
@@ -123,9 +144,13 @@ def test_etcd_auth_end_to_end(etcd_factory, pytester: pytest.Pytester, prefix: s
     result.assert_outcomes(passed=1)
     assert "etcd unreachable" not in result.stdout.str()
     authed = Etcdctl(server.endpoint)
-    status = authed("--user", "root:Sup3r-secret", "get", f"{prefix}/runs/auth-1/status", "--print-value-only")
+    status = authed(
+        "--user", "root:Sup3r-secret", "get", f"{prefix}/runs/auth-1/status", "--print-value-only"
+    )
     assert status.strip() == "COMPLETED"
-    meta = authed("--user", "root:Sup3r-secret", "get", f"{prefix}/runs/auth-1/meta", "--print-value-only")
+    meta = authed(
+        "--user", "root:Sup3r-secret", "get", f"{prefix}/runs/auth-1/meta", "--print-value-only"
+    )
     assert "root:***" in json.loads(meta)["argv"]
     log_text = (pytester.path / "logs" / "auth-1" / "pytest.log").read_text()
     for text in (result.stdout.str(), result.stderr.str(), meta, log_text):
@@ -135,4 +160,6 @@ def test_etcd_auth_end_to_end(etcd_factory, pytester: pytest.Pytester, prefix: s
         "--run-id", "auth-2", "--taskctl-etcd", server.endpoint, "--taskctl-etcd-user", "root:wrong"
     )
     wrong.assert_outcomes(passed=1)
-    wrong.stdout.fnmatch_lines(["taskctl: warning: etcd unreachable (*authentication as 'root' failed*"])
+    wrong.stdout.fnmatch_lines(
+        ["taskctl: warning: etcd unreachable (*authentication as 'root' failed*"]
+    )

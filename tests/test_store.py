@@ -39,7 +39,9 @@ def test_set_and_clear_flag_are_visible_to_etcdctl(
     assert etcdctl.get(f"{prefix}/runs/r1/paused") is None
 
 
-def test_wait_for_flag_wakes_on_etcdctl_write(store: StateStore, etcdctl: Etcdctl, prefix: str) -> None:
+def test_wait_for_flag_wakes_on_etcdctl_write(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
     writer = threading.Timer(0.2, etcdctl, args=("put", f"{prefix}/runs/r1/cancelled", "1"))
     writer.start()
     started = time.monotonic()
@@ -58,7 +60,9 @@ def test_wait_for_flag_already_in_state_returns_at_once(store: StateStore) -> No
     assert store.wait_for_flag("r1", "paused", state=False, timeout=0) is True
 
 
-def test_wait_for_flag_on_watched_run_uses_local_view(store: StateStore, etcdctl: Etcdctl, prefix: str) -> None:
+def test_wait_for_flag_on_watched_run_uses_local_view(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
     view = store.watch_run("r1")
     etcdctl("put", f"{prefix}/runs/r1/paused", "1")
     assert store.wait_for_flag("r1", "paused", state=True, timeout=5)

@@ -1,4 +1,4 @@
-"""Spans, trace ids and log lines as a user finds them: in traces.jsonl, pytest.log and a collector."""
+"""Spans, trace ids and log lines as a user finds them: traces.jsonl, pytest.log, a collector."""
 
 from __future__ import annotations
 
@@ -69,7 +69,9 @@ def attributes(span: dict[str, Any]) -> dict[str, Any]:
 
 
 def _line_of(path: Path, text: str) -> int:
-    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(text))
+    return next(
+        n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(text)
+    )
 
 
 def read_log(path: Path) -> list[tuple[str, str, str, str]]:
@@ -90,7 +92,9 @@ def run_suite(ptr: pytest.Pytester):  # type: ignore[no-untyped-def]
     return run
 
 
-def test_every_test_has_its_own_trace_linked_to_the_session(ptr: pytest.Pytester, run_suite) -> None:  # type: ignore[no-untyped-def]
+def test_every_test_has_its_own_trace_linked_to_the_session(
+    ptr: pytest.Pytester, run_suite
+) -> None:  # type: ignore[no-untyped-def]
     result = run_suite()
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     spans = read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")
@@ -100,7 +104,9 @@ def test_every_test_has_its_own_trace_linked_to_the_session(ptr: pytest.Pytester
     trace_ids = {span["traceId"] for span in by_name.values()}
     assert len(trace_ids) == 5 and session["traceId"] not in trace_ids
     for span in by_name.values():
-        assert span["links"] == [{"traceId": session["traceId"], "spanId": session["spanId"], "flags": 256}]
+        assert span["links"] == [
+            {"traceId": session["traceId"], "spanId": session["spanId"], "flags": 256}
+        ]
         assert "parentSpanId" not in span or not span["parentSpanId"]
         assert span["resource"]["service.name"] == "pytest"
     passed = attributes(by_name["test_suite.py::test_pass"])
@@ -132,17 +138,36 @@ def test_log_lines_carry_the_trace_id_of_their_test(ptr: pytest.Pytester, run_su
     spans = {span["name"]: span["traceId"] for span in read_spans(logs / "traces.jsonl")}
     lines = read_log(logs / "pytest.log")
     session_trace = spans["pytest session"]
-    assert lines[0][0] == "pytest_taskctl.plugin" and lines[0][3].startswith("pytest_sessionstart: run tel-1")
+    assert lines[0][0] == "pytest_taskctl.plugin" and lines[0][3].startswith(
+        "pytest_sessionstart: run tel-1"
+    )
     assert lines[0][2] == session_trace
-    assert lines[-1][3].startswith("pytest_sessionfinish: run tel-1 FAILED") and lines[-1][2] == session_trace
-    for name, level, trace_id, message in lines[1:-1]:
-        nodeid = message.split(": ", 1)[1].split(" ")[0] if name == "pytest_taskctl.plugin" else None
+    assert (
+        lines[-1][3].startswith("pytest_sessionfinish: run tel-1 FAILED")
+        and lines[-1][2] == session_trace
+    )
+    for name, _level, trace_id, message in lines[1:-1]:
+        nodeid = (
+            message.split(": ", 1)[1].split(" ")[0] if name == "pytest_taskctl.plugin" else None
+        )
         if nodeid:
             assert spans[nodeid] == trace_id, message
-    app_lines = [(level, trace_id, message) for name, level, trace_id, message in lines if name == "app.tests"]
+    app_lines = [
+        (level, trace_id, message)
+        for name, level, trace_id, message in lines
+        if name == "app.tests"
+    ]
     assert app_lines == [
-        ("INFO", spans["test_suite.py::test_pass"], f"in test_pass {spans['test_suite.py::test_pass']}"),
-        ("WARNING", spans["test_suite.py::test_fail"], f"in test_fail {spans['test_suite.py::test_fail']}"),
+        (
+            "INFO",
+            spans["test_suite.py::test_pass"],
+            f"in test_pass {spans['test_suite.py::test_pass']}",
+        ),
+        (
+            "WARNING",
+            spans["test_suite.py::test_fail"],
+            f"in test_fail {spans['test_suite.py::test_fail']}",
+        ),
     ]
     setup_lines = [m for n, _, _, m in lines if m.startswith("pytest_runtest_setup: ")]
     assert len(setup_lines) == 5, "exactly one setup line per test (no duplicates)"
@@ -173,7 +198,9 @@ def test_session_trace_mode_nests_tests_under_the_session(ptr: pytest.Pytester, 
         assert span["parentSpanId"] == session["spanId"]
 
 
-def test_traceparent_from_ci_is_the_session_parent(ptr: pytest.Pytester, run_suite, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_traceparent_from_ci_is_the_session_parent(
+    ptr: pytest.Pytester, run_suite, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TRACEPARENT", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     run_suite()
     spans = read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")
@@ -182,9 +209,13 @@ def test_traceparent_from_ci_is_the_session_parent(ptr: pytest.Pytester, run_sui
     assert session["parentSpanId"] == "b7ad6b7169203331"
 
 
-def test_resource_from_standard_env(ptr: pytest.Pytester, run_suite, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_resource_from_standard_env(
+    ptr: pytest.Pytester, run_suite, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout-api-tests")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,team=payments")
+    monkeypatch.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,team=payments"
+    )
     before = dict(os.environ)
     run_suite()
     after = dict(os.environ)
@@ -211,7 +242,9 @@ def test_check():
 """
 
 
-def test_trace_ids_exist_with_sdk_disabled(ptr: pytest.Pytester, run_suite, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_trace_ids_exist_with_sdk_disabled(
+    ptr: pytest.Pytester, run_suite, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     result = run_suite(source=SDK_DISABLED_SUITE)
     result.assert_outcomes(passed=3)
@@ -278,17 +311,25 @@ def test_async_tests_with_pytest_asyncio(run_suite) -> None:  # type: ignore[no-
 
 
 def test_otlp_grpc_export_matches_the_file(
-    ptr: pytest.Pytester, run_suite, otlp_receiver: tuple[OTLPReceiver, str], monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    ptr: pytest.Pytester,
+    run_suite,
+    otlp_receiver: tuple[OTLPReceiver, str],
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     receiver, endpoint = otlp_receiver
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
     result = run_suite()
     result.stdout.fnmatch_lines([f"*(OTLP grpc {endpoint})*"])
-    file_spans = {(s["traceId"], s["spanId"], s["name"]) for s in read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")}
+    file_spans = {
+        (s["traceId"], s["spanId"], s["name"])
+        for s in read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")
+    }
     received = {(s.trace_id.hex(), s.span_id.hex(), s.name) for s in receiver.spans()}
     assert received == file_spans and len(received) == 6
-    wait_for(lambda: any(r.body.string_value.startswith("in test_fail") for r in receiver.log_records()))
+    wait_for(
+        lambda: any(r.body.string_value.startswith("in test_fail") for r in receiver.log_records())
+    )
     records = {r.body.string_value: r.trace_id.hex() for r in receiver.log_records()}
     by_name = {name: trace_id for trace_id, _, name in file_spans}
     fail_line = next(body for body in records if body.startswith("in test_fail"))
@@ -324,7 +365,9 @@ def otlp_http_endpoint() -> Iterator[type[_OTLPHTTPHandler]]:
     server.server_close()
 
 
-def test_otlp_http_protobuf_export(ptr: pytest.Pytester, run_suite, otlp_http_endpoint, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_otlp_http_protobuf_export(
+    ptr: pytest.Pytester, run_suite, otlp_http_endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_http_endpoint.endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     run_suite()
@@ -338,7 +381,9 @@ def test_otlp_http_protobuf_export(ptr: pytest.Pytester, run_suite, otlp_http_en
     assert "pytest session" in names and "test_suite.py::test_fail" in names and len(names) == 6
 
 
-def test_bad_otlp_protocol_is_a_usage_error(ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_otlp_protocol_is_a_usage_error(
+    ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
     ptr.makepyfile("def test_a(): pass\n")
@@ -347,7 +392,9 @@ def test_bad_otlp_protocol_is_a_usage_error(ptr: pytest.Pytester, monkeypatch: p
     assert "unsupported OTEL_EXPORTER_OTLP_PROTOCOL 'carrier-pigeon'" in result.stderr.str()
 
 
-def test_unreachable_collector_never_hangs_the_run(tmp_path: Path, taskctl_env: dict[str, str]) -> None:
+def test_unreachable_collector_never_hangs_the_run(
+    tmp_path: Path, taskctl_env: dict[str, str]
+) -> None:
     """A collector that is down costs at most ~2 s; the file still gets every span."""
     (tmp_path / "pytest.ini").write_text(INNER_INI)
     (tmp_path / "test_x.py").write_text("def test_a(): pass\ndef test_b(): pass\n")

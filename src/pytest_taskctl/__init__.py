@@ -4,14 +4,37 @@ The public API is small on purpose:
 
 * :func:`get_traceid` / :func:`trace_headers` -- the running test's trace id,
   to send to the API under test as ``X-Trace-Id`` and ``traceparent``;
-* :class:`StateStore` -- pause, cancel and status of runs in etcd.
+* :class:`StateStore` -- pause, cancel and status of runs in etcd;
+* :func:`checkpoint` -> :class:`ResumeDecision` -- pause a test for a person's decision.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .store import StateStore
 from .tracing import get_traceid, trace_headers
 
+if TYPE_CHECKING:
+    from .livepause import ResumeDecision, checkpoint
+
 __version__ = "0.1.0"
 
-__all__ = ["StateStore", "get_traceid", "trace_headers", "__version__"]
+__all__ = [
+    "ResumeDecision",
+    "StateStore",
+    "checkpoint",
+    "get_traceid",
+    "trace_headers",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so `python -m pytest_taskctl.livepause` runs without a
+    # second copy of the module (runpy warns when the package imported it already).
+    if name in ("checkpoint", "ResumeDecision"):
+        from . import livepause
+
+        return getattr(livepause, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -144,7 +144,11 @@ class RunControl:
         with self._lock:
             done = sum(self.counts.values())
             return {
-                "counts": {**self.counts, "remaining": max(0, self.total - done), "total": self.total},
+                "counts": {
+                    **self.counts,
+                    "remaining": max(0, self.total - done),
+                    "total": self.total,
+                },
                 "current": sorted(self._running.values()),
             }
 

@@ -55,7 +55,9 @@ class BufferedFileHandler(logging.FileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            stream = self.stream
+            assert stream is not None  # opened in __init__ (delay=False)
+            stream.write(self.format(record) + self.terminator)
             now = time.monotonic()
             if record.levelno >= logging.WARNING or now - self._last_flush >= self.interval:
                 self.flush()
@@ -95,7 +97,8 @@ def parse_level(value: str | int, source: str) -> int:
     level = logging.getLevelName(text)
     if not isinstance(level, int):
         raise ValueError(
-            f"invalid log level {value!r} from {source}: use DEBUG, INFO, WARNING, ERROR or a number"
+            f"invalid log level {value!r} from {source}: "
+            "use DEBUG, INFO, WARNING, ERROR or a number"
         )
     return level
 
@@ -167,7 +170,9 @@ class RunLog:
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
         provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        provider.add_log_record_processor(BatchLogRecordProcessor(_otel_log_exporter(self._environ)))
+        provider.add_log_record_processor(
+            BatchLogRecordProcessor(_otel_log_exporter(self._environ))
+        )
         self._logger_provider = provider
         return LoggingHandler(level=self.level, logger_provider=provider)
 

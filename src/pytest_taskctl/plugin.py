@@ -48,11 +48,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PREFIX",
         help="etcd key prefix (env PYTEST_TASKCTL_PREFIX; default /pytest-taskctl)",
     )
-    for name, what in (("cacert", "CA file"), ("cert", "client certificate"), ("key", "client key")):
+    for name, what in (
+        ("cacert", "CA file"),
+        ("cert", "client certificate"),
+        ("key", "client key"),
+    ):
         group.addoption(
             f"--taskctl-etcd-{name}",
             metavar="FILE",
-            help=f"etcd TLS {what} (env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
+            help=f"etcd TLS {what} "
+            f"(env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
         )
     group.addoption(
         "--taskctl-etcd-user",
@@ -127,7 +132,8 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
         span_token = item.stash.get(SPAN_KEY, None)
         if span_token is not None:  # the teardown report did not arrive (interrupted)
             run.control.test_finished(None)
-            run.tracer.end_test(span, token, run.outcomes.pop(item.nodeid, None) or _interrupted())
+            outcome = run.outcomes.pop(item.nodeid, None)
+            run.tracer.end_test(span, token, outcome or _interrupted())
 
 
 def _interrupted() -> TestOutcome:

@@ -223,9 +223,7 @@ class TaskRun:
         with self._lost_lock:
             if not connected and self.etcd_lost_at is None:
                 self.etcd_lost_at = time.time()
-                log.warning(
-                    "lost etcd (%s); tests go on, reconnecting in the background", error
-                )
+                log.warning("lost etcd (%s); tests go on, reconnecting in the background", error)
             elif connected and self.etcd_lost_at is not None:
                 log.warning("etcd is back; pause and cancel work again")
 
@@ -254,7 +252,9 @@ class TaskRun:
     def collection_finished(self, items: list[pytest.Item]) -> None:
         self.control.total = len(items)
         if self.control.is_cancelled():
-            log.warning("run cancelled through etcd before it started; skipping %d tests", len(items))
+            log.warning(
+                "run cancelled through etcd before it started; skipping %d tests", len(items)
+            )
             marker = pytest.mark.skip(reason=CANCEL_REASON)
             for item in items:
                 item.add_marker(marker)
@@ -294,9 +294,7 @@ class TaskRun:
         if self.gateway is not None:
             self.gateway.close()
         if self.tracer is not None:
-            self.tracer.end_session(
-                status, {f"pytest.tests.{k}": v for k, v in counts.items()}
-            )
+            self.tracer.end_session(status, {f"pytest.tests.{k}": v for k, v in counts.items()})
             if not self.tracer.shutdown():
                 log.warning("span export did not finish within 2 s; traces.jsonl is complete")
         self._restore_sigterm()

@@ -92,7 +92,9 @@ class EtcdSettings:
 
     def describe(self) -> str:
         """Endpoint list for headers and messages; never shows the password."""
-        text = ",".join(f"{e.host}:{e.port}" if e.scheme == "http" else str(e) for e in self.endpoints)
+        text = ",".join(
+            f"{e.host}:{e.port}" if e.scheme == "http" else str(e) for e in self.endpoints
+        )
         if self.user:
             text += f" (user {self.user})"
         return text
@@ -117,14 +119,15 @@ class EtcdSettings:
             raise SettingError(
                 f"etcd client TLS needs both {option_prefix}-cert and {option_prefix}-key"
             )
-        for path, name in ((cacert, "cacert"), (cert, "cert"), (key, "key")):
+        for path, what in ((cacert, "cacert"), (cert, "cert"), (key, "key")):
             if path and not os.path.isfile(path):
-                raise SettingError(f"etcd {name} file not found: {path!r}")
+                raise SettingError(f"etcd {what} file not found: {path!r}")
         text, source = pick(endpoints, option_prefix, ENDPOINT_ENV, env)
         tls = bool(cacert or cert)
         parsed = parse_endpoints(text or DEFAULT_ENDPOINT, source, tls=tls)
         raw_user, user_source = pick(user, f"{option_prefix}-user", USER_ENV, env)
-        name, password = None, None
+        name: str | None = None
+        password: str | None = None
         if raw_user:
             name, sep, password_part = raw_user.partition(":")
             password = password_part if sep else pick(None, "", PASSWORD_ENV, env)[0]
@@ -137,5 +140,7 @@ class EtcdSettings:
 
 
 def resolve_prefix(option: str | None, environ: Mapping[str, str] | None = None) -> str:
-    value, _ = pick(option, "--taskctl-prefix", PREFIX_ENV, os.environ if environ is None else environ)
+    value, _ = pick(
+        option, "--taskctl-prefix", PREFIX_ENV, os.environ if environ is None else environ
+    )
     return normalize_prefix(value or DEFAULT_PREFIX)

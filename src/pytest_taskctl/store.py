@@ -17,13 +17,14 @@ and speak the gRPC-JSON gateway directly (``call_rpc(..., raw=True)``, about
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import socket
 import sys
 import threading
-import types
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -219,7 +220,9 @@ class EtcdGateway:
         """POST one RPC and return its decoded JSON; re-authenticate once if the token expired."""
         kwargs = {"timeout": timeout or self.settings.timeout}
         try:
-            return self._client.call_rpc(method, dict(data), encode=False, raw=True, **kwargs).json()
+            return self._client.call_rpc(
+                method, dict(data), encode=False, raw=True, **kwargs
+            ).json()
         except Exception as exc:
             if not (self.settings.user and "auth token" in str(exc)):
                 raise
@@ -347,10 +350,8 @@ class WatchStream:
                 sock.shutdown(socket.SHUT_RDWR)
         except Exception:  # already closed, or not a socket we can reach
             pass
-        try:
+        with contextlib.suppress(Exception):
             self._response.close()
-        except Exception:
-            pass
 
 
 def _probe_version(endpoint: Endpoint, settings: EtcdSettings) -> None:
@@ -363,7 +364,7 @@ def _probe_version(endpoint: Endpoint, settings: EtcdSettings) -> None:
             f"{endpoint}/version",
             timeout=settings.timeout,
             verify=settings.cacert or (endpoint.scheme == "https"),
-            cert=(settings.cert, settings.key) if settings.cert else None,
+            cert=(settings.cert, settings.key or "") if settings.cert else None,
         )
         response.raise_for_status()
         if "etcdserver" not in response.json():
@@ -744,7 +745,9 @@ class StateStore:
 
     def run_exists(self, run_id: str) -> bool:
         keys = self.keys(run_id)
-        return bool(self.gateway.range(keys.root + "/", prefix_end(keys.root + "/"), keys_only=True).kvs)
+        return bool(
+            self.gateway.range(keys.root + "/", prefix_end(keys.root + "/"), keys_only=True).kvs
+        )
 
     def list_runs(self) -> dict[str, dict[str, bytes]]:
         """``{run_id: {"status": b"...", "meta": b"...", ...}}`` for every run under the prefix.

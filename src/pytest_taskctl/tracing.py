@@ -10,6 +10,7 @@ the OTLP side shuts down in a thread we stop waiting for after ~2 s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -124,7 +125,7 @@ def _otlp_span_exporter(protocol: str) -> Any:
 
 
 def make_resource(environ: Mapping[str, str]) -> Any:
-    """Resource from OTEL_RESOURCE_ATTRIBUTES/OTEL_SERVICE_NAME; service name defaults to ``pytest``."""
+    """Resource from OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (default ``pytest``)."""
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource.create({})
@@ -176,7 +177,9 @@ class RunTracer:
             self.traces_path.parent.mkdir(parents=True, exist_ok=True)
             self._processors.append(BatchSpanProcessor(FileSpanExporter(self.traces_path)))
         if self.export.otlp:
-            self._otlp_processors.append(BatchSpanProcessor(_otlp_span_exporter(self.export.protocol)))
+            self._otlp_processors.append(
+                BatchSpanProcessor(_otlp_span_exporter(self.export.protocol))
+            )
         for processor in (*self._processors, *self._otlp_processors, *extra_processors):
             provider.add_span_processor(processor)
         self._provider = provider
@@ -209,10 +212,9 @@ class RunTracer:
             span.set_status(Status(StatusCode.ERROR, run_status))
         span.end()
         if self._session_token is not None:
-            try:
+            # It may belong to another context (pytester's in-process runs).
+            with contextlib.suppress(Exception):
                 otel_context.detach(self._session_token)  # type: ignore[arg-type]
-            except Exception:
-                pass  # detached from another context (pytester in-process runs)
             self._session_token = None
 
     @property
@@ -248,16 +250,16 @@ class RunTracer:
 
     def end_test(self, span: trace.Span, token: object, outcome: TestOutcome) -> None:
         self._running.pop(threading.get_ident(), None)
-        try:
+        with contextlib.suppress(Exception):
             otel_context.detach(token)  # type: ignore[arg-type]
-        except Exception:
-            pass
         if span.is_recording():
             span.set_attributes(
                 {"test.case.result.status": outcome.status, "pytest.outcome": outcome.word}
             )
             if outcome.status == "fail":
-                span.set_status(Status(StatusCode.ERROR, f"{outcome.when}: {outcome.message}"[:500]))
+                span.set_status(
+                    Status(StatusCode.ERROR, f"{outcome.when}: {outcome.message}"[:500])
+                )
                 span.add_event(
                     "exception",
                     {"exception.message": outcome.message, "pytest.phase": outcome.when},
