@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port
 from pytest_taskctl.settings import EtcdSettings, SettingError
 
 from .conftest import INNER_INI, Etcdctl
@@ -163,3 +167,64 @@ def test_etcd_auth_end_to_end(etcd_factory, pytester: pytest.Pytester, prefix: s
     wrong.stdout.fnmatch_lines(
         ["taskctl: warning: etcd unreachable (*authentication as 'root' failed*"]
     )
+
+
+def _make_certs(directory: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, subject in (("server", "/CN=etcd"), ("client", "/O=pytest-taskctl")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", "san.cnf")  # fmt: skip
+    return {name: str(directory / name) for name in
+            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_etcd_tls_with_client_certificate(
+    tmp_path: Path, pytester: pytest.Pytester, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS like etcdctl; REQUESTS_CA_BUNDLE (set on many machines) must not replace our CA."""
+    certs = _make_certs(tmp_path)
+    server = EmbeddedEtcd(
+        tmp_path / "etcd",
+        port=free_port(),
+        tls=(certs["server.pem"], certs["server.key"], certs["ca.pem"]),
+    ).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    try:
+        pytester.makeini(INNER_INI)
+        pytester.makepyfile("def test_a(): pass\n")
+        result = pytester.runpytest(
+            "--run-id", "tls-1", "--taskctl-prefix", prefix,
+            "--taskctl-etcd", f"https://127.0.0.1:{server.port}",
+            "--taskctl-etcd-cacert", certs["ca.pem"],
+            "--taskctl-etcd-cert", certs["client.pem"], "--taskctl-etcd-key", certs["client.key"],
+        )  # fmt: skip
+        result.assert_outcomes(passed=1)
+        assert "etcd unreachable" not in result.stdout.str()
+        tls_ctl = [
+            etcd_binary("etcdctl"), "--endpoints", f"https://127.0.0.1:{server.port}",
+            "--cacert", certs["ca.pem"], "--cert", certs["client.pem"], "--key", certs["client.key"],
+        ]  # fmt: skip
+        status = subprocess.run(
+            [*tls_ctl, "get", f"{prefix}/runs/tls-1/status", "--print-value-only"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert status.stdout.strip() == "COMPLETED"
+
+        no_cert = pytester.runpytest(
+            "--run-id", "tls-2", "--taskctl-etcd", f"https://127.0.0.1:{server.port}",
+            "--taskctl-etcd-cacert", certs["ca.pem"],
+        )  # fmt: skip
+        no_cert.assert_outcomes(passed=1)
+        no_cert.stdout.fnmatch_lines(["taskctl: warning: etcd unreachable (*TLS error*"])
+    finally:
+        server.stop()
