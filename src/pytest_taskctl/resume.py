@@ -1,19 +1,746 @@
-"""Resume an interrupted run (seed 002): skip tests that already passed.
+"""Resume an interrupted run (seed 002), and the lease every run holds.
 
-Placeholder: filled in by the resume work (issue 4).
+Every run records each test's outcome when its teardown report arrives:
+
+* in etcd, ``<run>/results/<encoded nodeid>`` (JSON with the full node id),
+  queued on the run's :class:`~pytest_taskctl.store.KeyWriter` -- the test
+  never waits for etcd, the write lands within a few tens of milliseconds;
+* in ``logs/<run_id>/results.jsonl`` (one line per test, flushed), the
+  fallback when etcd cannot be reached at resume time.
+
+``pytest --run-id ID --resume`` deselects the tests whose last recorded
+outcome passed and runs the rest (failed, errored, skipped, never run). A
+result that never reached the record means the test runs again. A run
+*without* ``--resume`` starts the run over: earlier results of the id are
+dropped.
+
+Every run with etcd also holds a lease on ``<run>/lease`` (value: host, pid),
+kept alive by a background thread and revoked at the end, so a second
+process cannot start or resume a run that is still alive elsewhere.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
+
+from .keys import RunKeys
+from .outcome import TestOutcome
+from .store import (
+    EtcdGateway,
+    KeyValue,
+    KeyWriter,
+    key_missing,
+    mod_revision_equals,
+    prefix_end,
+    put_op,
+)
+
+if TYPE_CHECKING:
+    from .run import TaskRun
+
+log = logging.getLogger("pytest_taskctl.plugin")
+
+RESUME_HELP = (
+    "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
+    "run the failed, errored and never-run ones"
+)
+#: Seconds the run's lease lives without a keep-alive (a killed run frees its id after this).
+LEASE_TTL = 10
+#: Results leave the test's thread in batches at most this far apart (the contract:
+#: durable in etcd within 0.2 s of the test's end; the transaction takes a few ms more).
+RESULT_BATCH_INTERVAL = 0.1
+#: Node ids longer than this (UTF-8 bytes) are keyed and matched by their SHA-256.
+LONG_NODEID = 1024
+RESULTS_FILE = "results.jsonl"
+
+LEASE_STASH = pytest.StashKey["RunLease"]()
+
+
+class RunStillRunning(Exception):
+    """The run id belongs to a process that is still alive (its lease is held)."""
+
+
+# -- keys and identities ------------------------------------------------------------
+
+
+def lease_key(keys: RunKeys) -> str:
+    return f"{keys.root}/lease"
+
+
+def nodeid_identity(nodeid: str) -> str:
+    """What a result is matched by: the node id, or ``sha256:<hex>`` for a very long one."""
+    raw = nodeid.encode("utf-8", "surrogateescape")
+    if len(raw) <= LONG_NODEID:
+        return nodeid
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def result_key(keys: RunKeys, nodeid: str) -> str:
+    """``<run>/results/<quoted nodeid>``; ``<run>/results/#sha256-<hex>`` for very long ids.
+
+    ``#`` never appears in a quoted node id, so the two forms cannot collide.
+    """
+    identity = nodeid_identity(nodeid)
+    if identity is nodeid:
+        return keys.result(nodeid)
+    return keys.results + "#sha256-" + identity.removeprefix("sha256:")
+
+
+def result_record(nodeid: str, outcome: TestOutcome, attempt: int) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "nodeid": nodeid,
+        "outcome": outcome.word,
+        "status": outcome.status,
+        "attempt": attempt,
+        "duration": round(outcome.duration, 6),
+        "ended": round(time.time(), 3),
+    }
+    identity = nodeid_identity(nodeid)
+    if identity is not nodeid:
+        # Keep values small: a batched txn of 100 results must stay far below etcd's 1.5 MiB.
+        record["nodeid"] = nodeid[:200] + "..."
+        record["sha256"] = identity.removeprefix("sha256:")
+    return record
+
+
+def passed_identities(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Identities of the tests whose latest record passed (later records win)."""
+    latest: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        sha = record.get("sha256")
+        identity = f"sha256:{sha}" if isinstance(sha, str) else record.get("nodeid")
+        if isinstance(identity, str):
+            latest[identity] = record
+    return {identity for identity, record in latest.items() if record.get("status") == "pass"}
+
+
+def _json_object(raw: bytes | str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- process liveness ---------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time in clock ticks)`` of a local process, from /proc; None if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_identity() -> dict[str, Any]:
+    """Who we are, for lease and pause records: host, pid and (Linux) process start time."""
+    stat = _proc_stat(os.getpid())
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "proc_start": stat[1] if stat else None,
+    }
+
+
+def local_process_dead(owner: Mapping[str, Any]) -> bool:
+    """True when ``owner`` (host, pid, proc_start) ran on this host and is gone.
+
+    Another host's process cannot be checked from here: ``False``. A zombie,
+    or a pid reused by another process (different start time), counts as gone.
+    """
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, started = stat
+    expected = owner.get("proc_start")
+    return state in ("Z", "X") or (isinstance(expected, int) and expected != started)
+
+
+def owner_alive(owner: Mapping[str, Any]) -> bool:
+    """Whether the holder of a run lease that still exists is really alive.
+
+    The lease key exists, so etcd thinks so; on this host we can tell better
+    (a SIGKILLed run keeps its lease for up to ``LEASE_TTL`` seconds). A lease
+    of this very process is a session that did not end (in-process runs).
+    """
+    if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
+        return False
+    return not local_process_dead(owner)
+
+
+# -- the run's lease ------------------------------------------------------------------
+
+
+class RunLease:
+    """``<run>/lease`` attached to an etcd lease this process keeps alive.
+
+    The key disappears ``LEASE_TTL`` seconds after the process dies (SIGKILL,
+    reboot) and at once when the run ends. If etcd was away for longer than
+    the TTL, the keep-alive thread takes a new lease -- unless another process
+    has taken the run meanwhile.
+    """
+
+    def __init__(
+        self, gateway: EtcdGateway, key: str, owner: dict[str, Any], lease_id: int, ttl: int
+    ) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.owner = owner
+        self.lease_id = lease_id
+        self.ttl = ttl
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, name="taskctl-lease", daemon=True)
+
+    @classmethod
+    def acquire(
+        cls,
+        gateway: EtcdGateway,
+        key: str,
+        owner: Mapping[str, Any],
+        previous: KeyValue | None,
+        ttl: int = LEASE_TTL,
+    ) -> RunLease | None:
+        """Take the key if it is still as read (``previous``); ``None`` if someone was faster."""
+        lease_id = gateway.lease_grant(ttl)
+        record = {**owner, "lease": lease_id}
+        compare = [
+            mod_revision_equals(key, previous.mod_revision) if previous else key_missing(key)
+        ]
+        if not gateway.txn([put_op(key, json.dumps(record), lease_id)], compare):
+            with contextlib.suppress(Exception):
+                gateway.lease_revoke(lease_id)
+            return None
+        lease = cls(gateway, key, record, lease_id, ttl)
+        lease._thread.start()
+        return lease
+
+    def _keep_alive(self) -> None:
+        interval = max(0.5, self.ttl / 3)
+        wait = interval
+        while not self._stop.wait(wait):
+            try:
+                if self.gateway.lease_keepalive(self.lease_id) > 0:
+                    wait = interval
+                    continue
+                self._renew()
+                wait = interval
+            except Exception as exc:  # etcd away: keep trying, faster than the TTL
+                log.debug("lease keep-alive failed: %s", exc)
+                wait = min(1.0, interval)
+            if self.lost:
+                return
+
+    def _renew(self) -> None:
+        """Our lease expired (etcd was away longer than the TTL): take a new one."""
+        lease_id = self.gateway.lease_grant(self.ttl)
+        record = {**self.owner, "lease": lease_id}
+        if self.gateway.txn(
+            [put_op(self.key, json.dumps(record), lease_id)], [key_missing(self.key)]
+        ):
+            self.lease_id, self.owner = lease_id, record
+            log.warning("run lease expired while etcd was away; took a new one")
+            return
+        with contextlib.suppress(Exception):
+            self.gateway.lease_revoke(lease_id)
+        self.lost = True
+        log.warning("run lease lost: another process has taken this run id (%s)", self.key)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(0.5)  # a keep-alive stuck on a dead etcd must not hold up the exit
+        if not self.lost:
+            with contextlib.suppress(Exception):
+                self.gateway.lease_revoke(self.lease_id)
+
+
+# -- the local record ---------------------------------------------------------------
+
+
+class LocalRecord:
+    """``logs/<run_id>/results.jsonl``: attempt lines and result lines, appended and flushed.
+
+    Flushed, not fsynced: a SIGKILL loses nothing written so far, a power cut
+    may lose the last lines -- and a lost result only means the test runs again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def read(self) -> tuple[int, list[dict[str, Any]]]:
+        """``(attempts so far, result records)``; a torn last line is ignored."""
+        attempts, results = 0, []
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return 0, []
+        for line in lines:
+            record = _json_object(line)
+            if record is None:
+                continue
+            if record.get("type") == "attempt":
+                attempts = max(attempts, int(record.get("attempt", 0) or 0))
+            elif record.get("type") == "result":
+                results.append(record)
+        return attempts, results
+
+    def open(self, attempt: int, resume: bool) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+            return
+        self.append([{"type": "attempt", "attempt": attempt, "started": round(time.time(), 3)}])
+
+    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                self._file.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class ResultSink:
+    """Takes results off the test's thread and writes them in batches.
+
+    A test only appends to a list. A thread waits ``interval`` after the first
+    result of a batch, then hands the batch to the run's KeyWriter (one etcd
+    transaction) and appends it to the local record (one flush). So results
+    are durable within ``interval`` plus one transaction of the test's end,
+    and a burst of short tests costs a handful of transactions a second.
+    """
+
+    def __init__(self, writer: KeyWriter | None, local: LocalRecord, interval: float) -> None:
+        self.writer = writer
+        self.local = local
+        self.interval = interval
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskctl-results", daemon=True)
+        self._thread.start()
+
+    def add(self, key: str, record: dict[str, Any]) -> None:
+        with self._cond:
+            self._pending.append((key, record))
+            if len(self._pending) == 1:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            with self._cond:
+                while not self._pending and not self._closing.is_set():
+                    self._cond.wait()
+            self._closing.wait(self.interval)  # gather the batch; at once when closing
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._cond:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        if self.writer is not None:
+            self.writer.put_many({key: json.dumps(r, ensure_ascii=False) for key, r in batch})
+        self.local.append([{"type": "result", **record} for _, record in batch])
+
+    def close(self) -> None:
+        """Hand over what is pending (before the run closes its writer) and stop."""
+        self._closing.set()
+        with self._cond:
+            self._cond.notify()
+        self._thread.join(2.0)
+        self._flush()
+        self.local.close()
+
+
+# -- the plugin -----------------------------------------------------------------------
 
 
 def add_options(parser: pytest.Parser, group: Any) -> None:
     """Register ``--resume`` / ``--run-until-complete``."""
+    group.addoption(
+        "--resume",
+        "--run-until-complete",
+        dest="taskctl_resume",
+        action="store_true",
+        default=False,
+        help=RESUME_HELP,
+    )
 
 
-def make_plugin(config: pytest.Config, run: Any) -> object | None:
+def make_plugin(config: pytest.Config, run: TaskRun) -> object | None:
     """The plugin object to register for this run, or ``None``."""
-    return None
+    if config.option.taskctl_resume and run.settings.run_id_generated:
+        raise pytest.UsageError(
+            "--resume needs the id of the run to resume: pass --run-id ID (or set PYTEST_RUN_ID)"
+        )
+    return ResumePlugin(config, run)
+
+
+class ResumePlugin:
+    """Records results, holds the run's lease and, with ``--resume``, deselects passed tests.
+
+    With pytest-xdist the controller records results and holds the lease (it
+    receives every report); workers only read the results to deselect.
+    """
+
+    def __init__(self, config: pytest.Config, run: TaskRun) -> None:
+        self.config = config
+        self.run = run
+        self.resume: bool = bool(config.option.taskctl_resume)
+        self.keys = run.settings.keys
+        self.local = LocalRecord(run.settings.run_dir / RESULTS_FILE)
+        self.records = not run.is_worker
+        self.lease: RunLease | None = None
+        self.sink: ResultSink | None = None
+        self.etcd_ok = False  # the run's history was read from etcd
+        self.attempt = 1
+        self.source = ""  # where earlier results came from: "etcd", "local", or "" (none)
+        self.earlier_results = 0
+        self._passed: set[str] | None = None
+        self.deselected = 0
+        self.to_run = 0
+        self.nothing_left = False
+        self.counts = {"passed": 0, "failed": 0, "skipped": 0}
+        self._open: dict[str, TestOutcome] = {}
+        self._lock = threading.Lock()
+        self._attempts: list[dict[str, Any]] = []
+        if self.records:
+            run.start_hooks.append(self._on_start)
+            run.close_hooks.append(self._on_close)
+
+    # -- start: lease, history, attempt --------------------------------------------------
+
+    def _on_start(self, run: TaskRun) -> dict[str, Any]:
+        """Runs in ``TaskRun.start`` before anything is written: may refuse the run."""
+        previous_meta: dict[str, Any] | None = None
+        earlier: list[dict[str, Any]] = []
+        if run.gateway is not None:
+            try:
+                previous_meta, earlier = self._take_run(run.gateway)
+                self.etcd_ok = True
+            except RunStillRunning as exc:
+                raise pytest.UsageError(str(exc)) from None  # exit 4, nothing written
+            except Exception as exc:  # etcd went away between connect and now
+                log.warning("taskctl: could not read the run's history from etcd: %s", exc)
+        if self.resume:
+            local_attempts, local_results = self.local.read()
+            if self.etcd_ok and previous_meta is not None:
+                self.source = "etcd"
+                self.attempt = _attempt_of(previous_meta) + 1
+            elif local_attempts:  # etcd unreachable, or it never saw this run
+                self.source, earlier = "local", local_results
+                self.attempt = local_attempts + 1
+            self._passed = passed_identities(earlier)
+            self.earlier_results = len(earlier)
+        self.local.open(self.attempt, self.resume)
+        self.sink = ResultSink(run.writer, self.local, RESULT_BATCH_INTERVAL)
+        entry = {
+            "attempt": self.attempt,
+            "started": round(time.time(), 3),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "resume": self.resume,
+            "status": "RUNNING",
+            "counts": dict(self.counts),
+        }
+        if self.source == "etcd" and previous_meta is not None:
+            self._attempts = [*_closed_attempts(previous_meta), entry]
+        else:
+            self._attempts = [entry]
+        tracer = run.tracer
+        if tracer is not None:
+            tracer.session_span.set_attribute("pytest.run.attempt", self.attempt)
+            tracer.session_span.set_attribute("pytest.run.resumed", self.resume)
+        # Every key this plugin updates later exists from the start: the progress
+        # thread serializes meta concurrently, and replacing a value is safe there.
+        return {"attempt": self.attempt, "attempts": self._attempts, "left": None}
+
+    def _take_run(self, gateway: EtcdGateway) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Take the lease (refusing a live run); return the previous meta and, with --resume,
+        the earlier results."""
+        key = lease_key(self.keys)
+        for _ in range(3):
+            # "lease" < "meta" and no other key of the layout sorts between them.
+            found = {kv.key: kv for kv in gateway.range(key, self.keys.meta + "\0").kvs}
+            holder = found.get(key)
+            owner = _json_object(holder.value) if holder is not None else None
+            if holder is not None and owner_alive(owner or {}):
+                raise RunStillRunning(
+                    _still_running_message(self.keys.run_id, owner or {}, self.resume)
+                )
+            me = {**process_identity(), "run_id": self.keys.run_id, "started": time.time()}
+            self.lease = RunLease.acquire(gateway, key, me, holder)
+            if self.lease is not None:
+                break
+        else:
+            raise RunStillRunning(
+                f"run {self.keys.run_id} was started by another process at the same moment; "
+                "refusing to run it twice"
+            )
+        self.config.stash[LEASE_STASH] = self.lease
+        meta_kv = found.get(self.keys.meta)
+        previous_meta = _json_object(meta_kv.value) if meta_kv is not None else None
+        if not self.resume:
+            if previous_meta is not None:
+                gateway.delete(self.keys.results, prefix=True)  # a new run starts over
+            return previous_meta, []
+        results = gateway.range(self.keys.results, prefix_end(self.keys.results)).kvs
+        records = [r for r in (_json_object(kv.value) for kv in results) if r is not None]
+        return previous_meta, records
+
+    def _on_close(self, run: TaskRun) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+    # -- collection ----------------------------------------------------------------------
+
+    def _passed_set(self) -> set[str]:
+        if self._passed is None:  # an xdist worker: read what the controller loaded
+            self._passed = set()
+            gateway = self.run.gateway
+            if gateway is not None:
+                try:
+                    kvs = gateway.range(self.keys.results, prefix_end(self.keys.results)).kvs
+                    records = [r for r in (_json_object(kv.value) for kv in kvs) if r]
+                    self._passed = passed_identities(records)
+                except Exception as exc:
+                    log.warning("taskctl: could not read earlier results: %s", exc)
+            else:
+                self._passed = passed_identities(self.local.read()[1])
+        return self._passed
+
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        # Not trylast: plugin.py's trylast hook counts the items that remain.
+        if not self.resume:
+            return
+        passed = self._passed_set()
+        if not passed:
+            return
+        keep: list[pytest.Item] = []
+        done: list[pytest.Item] = []
+        for item in items:
+            (done if nodeid_identity(item.nodeid) in passed else keep).append(item)
+        if done:
+            config.hook.pytest_deselected(items=done)
+            items[:] = keep
+            self.deselected = len(done)
+
+    @pytest.hookimpl(tryfirst=True)  # before the terminal reporter asks for the lines below
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.to_run = len(session.items)
+        if self._attempts:
+            self._update_entry(
+                collected=self.to_run + self.deselected,
+                deselected=self.deselected,
+                to_run=self.to_run,
+            )
+            self.run.control.meta["left"] = self.to_run
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
+        """pytest-xdist controller: what the workers kept after deselecting."""
+        if len(ids) > self.to_run:
+            self.to_run = len(ids)
+            if self._attempts:
+                self._update_entry(to_run=self.to_run)
+                self.run.control.meta["left"] = self.to_run - self.counts["passed"]
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        if not self.resume:
+            return []
+        run_id = self.keys.run_id
+        if self.source == "local":
+            why = "etcd has no history of it" if self.etcd_ok else "etcd unreachable"
+            return [
+                f"taskctl: resume: {why}; using the local record {self.local.path} "
+                f"(attempt {self.attempt} of run {run_id})"
+            ]
+        if not self.source:
+            where = "in etcd" if self.etcd_ok else f"(etcd unreachable, no {self.local.path})"
+            return [
+                f"taskctl: resume: no earlier results for run {run_id} {where}; running every test"
+            ]
+        return [
+            f"taskctl: resume: attempt {self.attempt} of run {run_id}; "
+            f"{self.earlier_results} results from earlier attempts in etcd"
+        ]
+
+    def pytest_report_collectionfinish(self, config: pytest.Config) -> list[str]:
+        if not self.resume:
+            return []
+        return [f"resume: {self.deselected} passed earlier, {self.to_run} to run"]
+
+    # -- results -----------------------------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        when = report.when
+        if not self.records or when not in ("setup", "call", "teardown"):
+            return
+        nodeid = report.nodeid  # a property that parses the id (pytest 9): read it once
+        with self._lock:
+            outcome = self._open.get(nodeid)
+            if outcome is None:
+                outcome = self._open[nodeid] = TestOutcome()
+            outcome.record(report)
+            if when != "teardown":
+                return
+            del self._open[nodeid]
+            self.counts[outcome.counter] += 1
+            counts = dict(self.counts)
+        if self.sink is not None:
+            self.sink.add(
+                result_key(self.keys, nodeid), result_record(nodeid, outcome, self.attempt)
+            )
+        if self._attempts:
+            self._update_entry(counts=counts)
+            if self.to_run:
+                self.run.control.meta["left"] = self.to_run - counts["passed"]
+
+    def _update_entry(self, **fields: Any) -> None:
+        """Replace (never mutate) the current attempt's entry: meta may be serialized meanwhile."""
+        entry = {**self._attempts[-1], **fields}
+        self._attempts = [*self._attempts[:-1], entry]
+        self.run.control.meta["attempts"] = self._attempts
+
+    # -- end -------------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
+        # tryfirst wrapper registered after plugin.py's: runs before run.finish writes the end.
+        # With pytest-xdist the workers deselect; the controller only sees that none are left.
+        deselected_all = bool(self.deselected) or (self.run.is_controller and bool(self._passed))
+        self.nothing_left = self.resume and not self.to_run and deselected_all
+        if self.nothing_left and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            # Everything passed earlier: the run is complete, not "no tests collected".
+            session.exitstatus = pytest.ExitCode.OK
+        if self._attempts:
+            self._update_entry(ended=round(time.time(), 3), status=_end_status(self.run, session))
+        if self.sink is not None:
+            self.sink.close()  # before run.finish closes the writer
+        return (yield)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        run_id = self.keys.run_id
+        if self.nothing_left:
+            how_many = f" ({self.deselected} in earlier attempts)" if self.deselected else ""
+            terminalreporter.write_line(
+                f"taskctl: resume: every test of run {run_id} has passed{how_many}; "
+                "nothing left to run"
+            )
+            return
+        if not self.records or not self.to_run:
+            return
+        left = self.to_run - self.counts["passed"]
+        if left <= 0:
+            if self.resume:
+                terminalreporter.write_line(
+                    f"taskctl: resume: every test of run {run_id} has now passed "
+                    f"(attempt {self.attempt})"
+                )
+            return
+        if not self.run.settings.run_id_generated:
+            terminalreporter.write_line(
+                f"taskctl: {left} test(s) of run {run_id} have not passed yet; "
+                f"run them with: pytest --run-id {run_id} --resume"
+            )
+
+
+def _end_status(run: TaskRun, session: pytest.Session) -> str:
+    from .run import EXIT_STATUS
+
+    if run.control.cancel_seen or run.control.is_cancelled():
+        return "CANCELLED"
+    return str(EXIT_STATUS.get(session.exitstatus, "FAILED"))  # type: ignore[call-overload]
+
+
+def _attempt_of(meta: Mapping[str, Any]) -> int:
+    attempt = meta.get("attempt")
+    if isinstance(attempt, int) and attempt > 0:
+        return attempt
+    attempts = meta.get("attempts")
+    return len(attempts) if isinstance(attempts, list) and attempts else 1
+
+
+def _closed_attempts(previous_meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Earlier attempts from the previous meta; one that never ended was interrupted."""
+    attempts = previous_meta.get("attempts")
+    if not isinstance(attempts, list) or not attempts:
+        # A run recorded before attempts existed: one attempt, from its meta.
+        attempts = [
+            {
+                "attempt": 1,
+                "started": previous_meta.get("started"),
+                "host": previous_meta.get("host"),
+                "pid": previous_meta.get("pid"),
+            }
+        ]
+    closed = [dict(a) for a in attempts if isinstance(a, dict)]
+    if closed:
+        last = closed[-1]
+        status = previous_meta.get("status")
+        if not last.get("ended") or last.get("status") in (None, "RUNNING", "PAUSED"):
+            last["status"] = status if status not in (None, "RUNNING", "PAUSED") else "INTERRUPTED"
+            if isinstance(previous_meta.get("counts"), dict) and "counts" not in last:
+                counts = previous_meta["counts"]
+                last["counts"] = {k: counts.get(k, 0) for k in ("passed", "failed", "skipped")}
+    return closed
+
+
+def _still_running_message(run_id: str, owner: Mapping[str, Any], resume: bool) -> str:
+    started = owner.get("started")
+    where = f"{owner.get('host', '?')} (pid {owner.get('pid', '?')})"
+    since = (
+        f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
+        if isinstance(started, (int, float))
+        else ""
+    )
+    what = "--resume of" if resume else "starting"
+    return (
+        f"taskctl: refusing {what} run {run_id}: it is still running on {where}{since} "
+        f"-- its lease {owner.get('lease', '?')} in etcd is alive. Wait for it to end, or "
+        f"cancel it (taskctl cancel {run_id}); a killed run frees its id within {LEASE_TTL} s."
+    )
