@@ -1,7 +1,7 @@
 """Live pauses (seed 004) on a real etcd: a paused pytest, answered from another process.
 
-``taskctl decide`` is ``python -m pytest_taskctl.livepause decide`` here, the
-same handlers the ``taskctl`` console script gets.
+``taskctl pauses`` and ``taskctl decide`` run as the real console script from
+a second process (or in-process through ``cli.main``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from pytest_taskctl import ResumeDecision, StateStore, checkpoint, livepause
-from pytest_taskctl.livepause import PauseError, decide, list_pauses
+from pytest_taskctl import ResumeDecision, StateStore, checkpoint, cli
+from pytest_taskctl.livepause import FAILURE_TASK, PauseError, decide, list_pauses
 from pytest_taskctl.store import put_op
 
 from .conftest import INNER_INI, wait_for
@@ -56,7 +56,7 @@ REQUIRED = {"pause_id", "run_id", "kind", "state", "nodeid", "task", "created"}
 def taskctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``taskctl pauses|decide`` from a second process."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest_taskctl.livepause", *args],
+        [str(Path(sys.executable).parent / "taskctl"), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -259,22 +259,22 @@ def test_pauses_of_every_run_in_text(
 ) -> None:
     lease = store.gateway.lease_grant(30)
     first = fake_pause(
-        store, "alpha", "00000001", lease=lease, kind="failure", task=livepause.FAILURE_TASK
+        store, "alpha", "00000001", lease=lease, kind="failure", task=FAILURE_TASK
     )
     second = fake_pause(store, "beta-2", "00000002", lease=lease, nodeid="u.py::test_y[a/b]")
     for n in range(50):  # results are skipped over, not read
         store.gateway.put(store.keys("alpha").result(f"t.py::test_{n}"), "{}")
-    code = livepause.main(["pauses", "--etcd", etcd.endpoint, "--prefix", prefix])
+    code = cli.main(["pauses", "--etcd", etcd.endpoint, "--prefix", prefix])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[0].split() == ["PAUSE_ID", "AGE", "KIND", "NODEID", "TASK"]
     ages = [line.split()[1] for line in out[1:]]
     assert all(re.fullmatch(r"\d+s", age) for age in ages), ages
     assert out[1].split()[:4] == [first, ages[0], "failure", "t.py::test_x"]
-    assert out[1].endswith(livepause.FAILURE_TASK)
+    assert out[1].endswith(FAILURE_TASK)
     assert out[2].split() == [second, ages[1], "checkpoint", "u.py::test_y[a/b]", "look"]
     decide(store, first)
-    code = livepause.main(
+    code = cli.main(
         ["pauses", "-a", "--run-id", "alpha", "--etcd", etcd.endpoint, "--prefix", prefix]
     )
     out = capsys.readouterr().out.splitlines()
@@ -293,7 +293,7 @@ def test_pauses_of_every_run_in_text(
 def test_decide_unknown_pause(
     etcd: Any, prefix: str, capsys: pytest.CaptureFixture[str], pause_id: str, message: str
 ) -> None:
-    code = livepause.main(["decide", pause_id, "--etcd", etcd.endpoint, "--prefix", prefix])
+    code = cli.main(["decide", pause_id, "--etcd", etcd.endpoint, "--prefix", prefix])
     assert code == 1
     assert message in capsys.readouterr().err
 

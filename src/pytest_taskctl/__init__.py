@@ -31,8 +31,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use, so `python -m pytest_taskctl.livepause` runs without a
-    # second copy of the module (runpy warns when the package imported it already).
+    # Imported on first use: the live-pause module pulls in pytest, which
+    # `taskctl` and StateStore users do not need.
     if name in ("checkpoint", "ResumeDecision"):
         from . import livepause
 

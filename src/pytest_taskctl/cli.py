@@ -895,7 +895,15 @@ def default_commands() -> list[Command]:
             arguments=watch_arguments,
             prints_data=True,
         ),
+        *livepause_commands(),
     ]
+
+
+def livepause_commands() -> list[Command]:
+    """``pauses`` and ``decide`` live with the live-pause feature (imported lazily: pytest)."""
+    from .livepause import cli_commands
+
+    return cli_commands()
 
 
 def _unreachable(ctx: Context, detail: str) -> str:

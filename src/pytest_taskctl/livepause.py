@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -40,10 +39,8 @@ from opentelemetry import trace
 from .control import CANCEL_REASON
 from .keys import RunKeys, runs_root, validate_run_id
 from .resume import local_process_dead, process_identity
-from .settings import SettingError
 from .store import (
     EtcdGateway,
-    EtcdUnavailable,
     RangeResult,
     StateStore,
     WatchedRange,
@@ -834,29 +831,3 @@ def cli_commands() -> list[Any]:
         ),
     ]
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pytest_taskctl.livepause pauses|decide ...`` (the same as ``taskctl``'s)."""
-    from . import cli
-
-    parser = cli.build_parser(cli_commands())
-    parser.prog = "python -m pytest_taskctl.livepause"
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    ctx = cli.Context(args, sys.stdout, sys.stderr)
-    try:
-        return int(args.handler(ctx))
-    except SettingError as exc:
-        ctx.say(f"taskctl: {exc}")
-        return 2
-    except (EtcdUnavailable, OSError) as exc:
-        ctx.say(f"taskctl: etcd unreachable: {exc}")
-        return 1
-    finally:
-        ctx.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
