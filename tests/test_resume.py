@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,6 +179,27 @@ def test_sigkill_mid_suite_then_resume_until_complete(
     ]
     assert meta["left"] == 0
     assert store.get_status("r-kill") == "COMPLETED"
+
+    # `taskctl status` shows every attempt and what is left.
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "taskctl"), "status", "r-kill"],
+        env=taskctl_env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^left +0 test\(s\) not passed yet$", shown.stdout, re.M)
+    assert re.search(r"^attempt 1 +INTERRUPTED: ", shown.stdout, re.M)
+    assert re.search(
+        r"^attempt 2 +FAILED: 3 passed, 2 failed, 0 skipped of 5 to run \(--resume\)$",
+        shown.stdout,
+        re.M,
+    )
+    shown_json = subprocess.run(
+        [str(Path(sys.executable).parent / "taskctl"), "status", "r-kill", "--json"],
+        env=taskctl_env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    record = json.loads(shown_json.stdout)
+    assert [a["attempt"] for a in record["attempts"]] == [1, 2, 3, 4]
+    assert record["attempt"] == 4 and record["left"] == 0
     assert not store.gateway.range(store.keys("r-kill").root + "/lease").kvs  # revoked at the end
 
     # Every attempt is its own session span, all with the run id, numbered.

@@ -297,7 +297,31 @@ def run_record(run_id: str, leaves: Mapping[str, bytes | None]) -> dict[str, Any
         "log_file": meta.get("log_file"),
         "traces_file": meta.get("traces_file"),
         "argv": meta.get("argv") if isinstance(meta.get("argv"), list) else None,
+        "attempt": _count(meta.get("attempt")) or None,
+        "left": _count(meta.get("left")) if meta.get("left") is not None else None,
+        "attempts": _attempts(meta.get("attempts")),
     }
+
+
+def _attempts(value: object) -> list[dict[str, Any]]:
+    """Per-attempt records of a resumed run (``--resume``), as the plugin wrote them."""
+    if not isinstance(value, list):
+        return []
+    return [
+        {
+            "attempt": _count(item.get("attempt")),
+            "status": item.get("status"),
+            "started": _number(item.get("started")),
+            "resume": bool(item.get("resume")),
+            "to_run": _count(item.get("to_run")) if item.get("to_run") is not None else None,
+            "counts": {
+                name: _count((item.get("counts") or {}).get(name))
+                for name in ("passed", "failed", "skipped")
+            },
+        }
+        for item in value
+        if isinstance(item, dict)
+    ]
 
 
 def read_run(ctx: Context, run_id: str) -> dict[str, Any]:
@@ -443,6 +467,18 @@ def cmd_status(ctx: Context) -> int:
         ("flags", f"paused: {yes_no[flags['paused']]}, cancelled: {yes_no[flags['cancelled']]}"),
     ]
     lines += [("note", note) for note in flag_notes(record)]
+    if record["left"] is not None:
+        lines.append(("left", f"{record['left']} test(s) not passed yet"))
+    for attempt in record["attempts"]:
+        counts_text = ", ".join(f"{v} {k}" for k, v in attempt["counts"].items())
+        lines.append(
+            (
+                f"attempt {attempt['attempt']}",
+                f"{attempt['status'] or 'RUNNING'}: {counts_text}"
+                + (f" of {attempt['to_run']} to run" if attempt["to_run"] is not None else "")
+                + (" (--resume)" if attempt["resume"] else ""),
+            )
+        )
     lines += [("current", nodeid) for nodeid in record["current"]] or [("current", "-")]
     if record["trace_id"]:
         lines.append(("trace id", str(record["trace_id"])))
