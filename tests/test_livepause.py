@@ -258,9 +258,7 @@ def test_pauses_of_every_run_in_text(
     store: StateStore, etcd: Any, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lease = store.gateway.lease_grant(30)
-    first = fake_pause(
-        store, "alpha", "00000001", lease=lease, kind="failure", task=FAILURE_TASK
-    )
+    first = fake_pause(store, "alpha", "00000001", lease=lease, kind="failure", task=FAILURE_TASK)
     second = fake_pause(store, "beta-2", "00000002", lease=lease, nodeid="u.py::test_y[a/b]")
     for n in range(50):  # results are skipped over, not read
         store.gateway.put(store.keys("alpha").result(f"t.py::test_{n}"), "{}")

@@ -182,7 +182,8 @@ def _make_certs(directory: Path) -> dict[str, str]:
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
                 "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", "san.cnf")  # fmt: skip
+                "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
+                "-extfile", "san.cnf")  # fmt: skip
     return {name: str(directory / name) for name in
             ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}  # fmt: skip
 
@@ -212,7 +213,8 @@ def test_etcd_tls_with_client_certificate(
         assert "etcd unreachable" not in result.stdout.str()
         tls_ctl = [
             etcd_binary("etcdctl"), "--endpoints", f"https://127.0.0.1:{server.port}",
-            "--cacert", certs["ca.pem"], "--cert", certs["client.pem"], "--key", certs["client.key"],
+            "--cacert", certs["ca.pem"],
+            "--cert", certs["client.pem"], "--key", certs["client.key"],
         ]  # fmt: skip
         status = subprocess.run(
             [*tls_ctl, "get", f"{prefix}/runs/tls-1/status", "--print-value-only"],

@@ -830,4 +830,3 @@ def cli_commands() -> list[Any]:
             prints_data=True,
         ),
     ]
-
