@@ -7,6 +7,7 @@ in-process OTLP/gRPC receiver, and pytest subprocesses in a temp directory.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import math
@@ -49,10 +50,8 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
     """End a child started with ``start_new_session=True`` and everything it started."""
     if process.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
@@ -91,7 +90,29 @@ def machine_line() -> str:
     return (
         f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
         f"Python {platform.python_version()}, pytest {pytest.__version__}, "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()} {platform.release()}, "
+        "load average %.2f %.2f %.2f" % os.getloadavg()
+    )
+
+
+def code_version() -> str:
+    """The commit of the plugin under test, and whether ``src/`` has uncommitted changes."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "src"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "pytest-taskctl (commit unknown)"
+    if not commit:
+        return "pytest-taskctl (not a git checkout)"
+    return f"pytest-taskctl at commit {commit}" + (
+        " with uncommitted changes in src/" if dirty else ""
     )
 
 
@@ -131,7 +152,7 @@ class EtcdHTTP:
         kvs = answer.get("kvs") or []
         if not kvs:
             return None
-        return base64.b64decode(kvs[0].get("value", "")).decode()  # type: ignore[index,union-attr]
+        return base64.b64decode(kvs[0].get("value", "")).decode()  # type: ignore[index]
 
     def close(self) -> None:
         if self._conn is not None:

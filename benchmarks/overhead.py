@@ -28,20 +28,24 @@ import sys
 sys.dont_write_bytecode = True  # before any import that could write __pycache__ here
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent import futures  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from _common import (  # noqa: E402
     PYTEST_INI,
     clean_env,
+    code_version,
     etcdctl,
-    kill_group,
     machine_line,
     markdown_table,
     median,
@@ -62,6 +66,7 @@ PEER_PACKAGES = (
 PEER_PLUGINS = ("pytest_opentelemetry", "pytest_otel")  # their pytest11 entry point names
 RUN_TIMEOUT = 120.0
 PEER_DOWN_TIMEOUT = 60.0
+DOWN_NOTE = f"1 run, side by side with the other peer's; killed after {PEER_DOWN_TIMEOUT:.0f} s"
 
 
 # -- the OTLP/gRPC receiver ------------------------------------------------------
@@ -83,25 +88,23 @@ class Receiver:
         self.log_records = 0
         self.lock = threading.Lock()
 
-        class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
                 count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
                 with receiver.lock:
                     receiver.spans += count
                 return trace_service_pb2.ExportTraceServiceResponse()
 
-        class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
             def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
-                count = sum(
-                    len(s.log_records) for r in request.resource_logs for s in r.scope_logs
-                )
+                count = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
                 with receiver.lock:
                     receiver.log_records += count
                 return logs_service_pb2.ExportLogsServiceResponse()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)  # type: ignore[no-untyped-call]
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"http://127.0.0.1:{port}"
         self.server.start()
@@ -146,6 +149,7 @@ class Variant:
     timeout: float = RUN_TIMEOUT
     note: str = ""
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + system s of the pytest process
     failures: list[str] = field(default_factory=list)
     last_run_id: str = ""
     received: tuple[int, int] | None = None
@@ -171,7 +175,9 @@ def run_once(
         args += ["--run-id", variant.last_run_id]
     if variant.receiver and receiver is not None:
         receiver.reset()
-    log_path = output_dir / f"{variant.name.replace(' ', '_').replace('/', '_')}.out"
+    slug = "".join(c if c.isalnum() else "_" for c in variant.name)
+    log_path = output_dir / f"{slug}-{tests}-{len(variant.times) + 1}.out"
+    reaped: dict[str, object] = {}
     with open(log_path, "wb") as out:
         start = time.perf_counter()
         process = subprocess.Popen(
@@ -182,22 +188,35 @@ def run_once(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            code = process.wait(variant.timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(process)
-            elapsed = time.perf_counter() - start
+
+        def reap() -> None:
+            # wait4 gives the child's own CPU time (all its threads), which a
+            # busy neighbour on the machine disturbs far less than wall time.
+            _, status, usage = os.wait4(process.pid, 0)
+            reaped.update(end=time.perf_counter(), status=status, usage=usage)
+
+        reaper = threading.Thread(target=reap, daemon=True)
+        reaper.start()
+        reaper.join(variant.timeout)
+        if reaper.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            reaper.join()
+        elapsed = float(reaped["end"]) - start  # type: ignore[arg-type]
+        code = process.returncode = os.waitstatus_to_exitcode(reaped["status"])  # type: ignore[arg-type]
+        usage = reaped["usage"]
+        variant.cpu.append(usage.ru_utime + usage.ru_stime)  # type: ignore[attr-defined]
+        if elapsed >= variant.timeout:
             variant.failures.append(f"killed after {elapsed:.1f} s (timeout)")
             variant.times.append(elapsed)
             return
-        elapsed = time.perf_counter() - start
     if variant.receiver and receiver is not None:
         time.sleep(0.05)  # the last export call may still be in the receiver's thread
         variant.received = receiver.counts()
     text = log_path.read_text(errors="replace")
-    summary = text.strip().splitlines()[-1] if text.strip() else ""
-    if code != 0 or f"{tests} passed" not in summary:
-        variant.failures.append(f"exit {code}: {summary!r} (output: {log_path})")
+    if code != 0 or not re.search(rf"^{tests} passed in ", text, re.MULTILINE):
+        tail = " / ".join(text.strip().splitlines()[-3:])
+        variant.failures.append(f"exit {code}: {tail!r} (output: {log_path})")
     variant.times.append(elapsed)
 
 
@@ -301,7 +320,7 @@ def peer_variants(python: str, base_env: dict[str, str], receiver: Receiver) -> 
             baseline="peer venv: bare",
             runs=1,
             timeout=PEER_DOWN_TIMEOUT,
-            note=f"1 run, killed after {PEER_DOWN_TIMEOUT:.0f} s",
+            note=DOWN_NOTE,
         ),
         Variant(
             "pytest-otel, collector down",
@@ -311,7 +330,7 @@ def peer_variants(python: str, base_env: dict[str, str], receiver: Receiver) -> 
             baseline="peer venv: bare",
             runs=1,
             timeout=PEER_DOWN_TIMEOUT,
-            note=f"1 run, killed after {PEER_DOWN_TIMEOUT:.0f} s",
+            note=DOWN_NOTE,
         ),
     ]
 
@@ -345,36 +364,103 @@ def main_table(variants: list[Variant], tests: int) -> str:
     rows = []
     for v in variants:
         if v.unavailable:
-            rows.append([v.name, "not available", "", "", "", v.unavailable])
+            rows.append([v.name, "not available", "", "", "", "", "", v.unavailable])
             continue
         med = median(v.times)
         base = by_name.get(v.baseline)
         if v.name == v.baseline or base is None or base.unavailable:
-            overhead = "—"
+            overhead, cpu, versus = "—", "—", ""
         else:
             overhead = f"{(med - median(base.times)) / tests * 1e6:,.0f}"
+            cpu = f"{(median(v.cpu) - median(base.cpu)) / tests * 1e6:,.0f}"
+            versus = v.baseline
         notes = [v.note] if v.note else []
         if v.name == "taskctl, collector down" and "taskctl (etcd up)" in by_name:
             extra = med - median(by_name["taskctl (etcd up)"].times)
-            notes.append(f"{extra:+.2f} s vs etcd up")
-        if v.name.endswith("collector down") and v.name.startswith("pytest-"):
-            notes.append(f"{med - median(by_name[v.baseline].times):+.1f} s vs peer bare")
-        if v.baseline != "bare" and v.name != v.baseline:
-            notes.append("overhead vs peer venv: bare")
+            notes.append(f"**{extra:+.2f} s vs etcd up**")
+        peer_down = v.name.endswith("collector down") and v.baseline != "bare"
+        if peer_down and base is not None:
+            notes.append(f"**{med - median(base.times):+.1f} s vs {v.baseline}**")
         if v.failures:
-            notes.append(f"{len(v.failures)} bad run(s): {v.failures[-1]}")
+            notes.append(f"{len(v.failures)} bad run(s), see below")
         rows.append(
             [
                 v.name,
                 fmt_s(med),
                 overhead,
+                cpu,
+                versus,
                 fmt_s(min(v.times)),
                 fmt_s(max(v.times)),
                 "; ".join(notes),
             ]
         )
     return markdown_table(
-        ["variant", "median s", "overhead µs/test", "min s", "max s", "notes"], rows
+        [
+            "variant",
+            "median s",
+            "overhead µs/test",
+            "CPU µs/test",
+            "vs",
+            "min s",
+            "max s",
+            "notes",
+        ],
+        rows,
+    )
+
+
+def problems(variants: list[Variant], label: str = "") -> list[str]:
+    return [f"`{v.name}`{label}: {failure}" for v in variants for failure in v.failures]
+
+
+def split(
+    big: list[float], big_base: list[float], one: list[float], one_base: list[float], tests: int
+) -> tuple[float, float]:
+    """``(startup s, per-test µs)`` from the N-test and 1-test medians and their baselines."""
+    delta_n = median(big) - median(big_base)
+    delta_1 = median(one) - median(one_base)
+    return delta_1, (delta_n - delta_1) / (tests - 1) * 1e6
+
+
+def startup_table(pairs: list[tuple[Variant, Variant]], tests: int) -> str:
+    one = {v1.name: v1 for _, v1 in pairs}
+    big = {v.name: v for v, _ in pairs}
+    rows = []
+    for v, v1 in pairs:
+        base, base1 = big.get(v.baseline), one.get(v1.baseline)
+        if base is None or base1 is None:
+            continue
+        med1 = median(v1.times)
+        if v.name == v.baseline:
+            rows.append([v.name, f"{med1:.3f}", "—", "—", "—", "—", ""])
+            continue
+
+        wall_start, wall_per_test = split(v.times, base.times, v1.times, base1.times, tests)
+        cpu_start, cpu_per_test = split(v.cpu, base.cpu, v1.cpu, base1.cpu, tests)
+        note = f"{len(v1.failures)} bad run(s), see below" if v1.failures else ""
+        rows.append(
+            [
+                v.name,
+                f"{med1:.3f}",
+                f"{wall_start:.3f}",
+                f"{wall_per_test:,.0f}",
+                f"{cpu_start:.3f}",
+                f"{cpu_per_test:,.0f}",
+                note,
+            ]
+        )
+    return markdown_table(
+        [
+            "variant",
+            "1-test median s",
+            "startup s",
+            "per-test µs",
+            "startup CPU s",
+            "per-test CPU µs",
+            "notes",
+        ],
+        rows,
     )
 
 
@@ -385,18 +471,26 @@ def main() -> int:
     parser.add_argument(
         "--peers",
         action="store_true",
-        help=f"also time pytest-opentelemetry and pytest-otel (venv {PEER_VENV}, created if missing)",
+        help=f"also time pytest-opentelemetry and pytest-otel (venv {PEER_VENV}, made if missing)",
+    )
+    parser.add_argument(
+        "--no-startup",
+        action="store_true",
+        help="skip the 1-test suite runs that split the overhead into startup and per-test cost",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     options = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="taskctl-bench-overhead-"))
     suite, output_dir, pycache = tmp / "suite", tmp / "output", tmp / "pycache"
+    suite1 = tmp / "suite-1"
     output_dir.mkdir()
     write_suite(suite, options.tests)
+    write_suite(suite1, 1)
     etcd = EmbeddedEtcd(tmp / "etcd" / "data", port=free_port())
     receiver: Receiver | None = None
     started = time.monotonic()
+    load_start = os.getloadavg()
     try:
         etcd.start()
         receiver = Receiver()
@@ -413,7 +507,9 @@ def main() -> int:
                 run_id=True,
                 note="control off, spans to traces.jsonl",
             ),
-            Variant("taskctl (etcd up)", me, up, base_env, run_id=True, note="spans to traces.jsonl"),
+            Variant(
+                "taskctl (etcd up)", me, up, base_env, run_id=True, note="spans to traces.jsonl"
+            ),
             Variant(
                 "taskctl + OTLP",
                 me,
@@ -445,19 +541,41 @@ def main() -> int:
         # Warm-up, not timed: bytecode goes to a temp PYTHONPYCACHEPREFIX, so every
         # variant's imports are compiled once before the clock starts.
         for v in runnable:
-            if v.runs is None:
+            if v.runs is None and v.name != "taskctl, collector down":  # same imports as OTLP
                 run_once(v, suite, options.tests, counter, receiver, output_dir)
                 v.times.clear()
+                v.cpu.clear()
                 v.failures.clear()
         for round_index in range(options.runs):
             for v in runnable:
-                if round_index < (v.runs if v.runs is not None else options.runs):
+                if v.runs is None:
                     run_once(v, suite, options.tests, counter, receiver, output_dir)
             print(
                 f"round {round_index + 1}/{options.runs} done at "
                 f"{time.monotonic() - started:.0f} s",
                 file=sys.stderr,
             )
+        # Single runs (the peers with no collector) wait out their exporters' retry
+        # schedules, asleep: run them side by side, after the timed rounds.
+        single = [v for v in runnable if v.runs is not None]
+        with futures.ThreadPoolExecutor(max_workers=max(1, len(single))) as pool:
+            for job in [
+                pool.submit(run_once, v, suite, options.tests, counter, None, output_dir)
+                for v in single
+            ]:
+                job.result()
+
+        # The same variants on a 1-test suite: what is paid once per session
+        # (imports, etcd connect, exporter start and shutdown) versus per test.
+        small: list[tuple[Variant, Variant]] = []
+        if not options.no_startup:
+            for v in runnable:
+                if v.runs is None and not v.name.endswith("collector down"):
+                    small.append((v, replace(v, times=[], cpu=[], failures=[], received=None)))
+            for _round in range(options.runs):
+                for _, v1 in small:
+                    run_once(v1, suite1, 1, counter, None, output_dir)
+            print(f"1-test runs done at {time.monotonic() - started:.0f} s", file=sys.stderr)
 
         last = next(v for v in variants if v.name == "taskctl (etcd up)")
         run_dir = suite / "logs" / last.last_run_id
@@ -476,14 +594,30 @@ def main() -> int:
             f"## pytest-taskctl overhead: {options.tests} trivial tests, "
             f"median of {options.runs} interleaved runs\n"
         )
-        print(f"Machine: {machine_line()}.")
+        print(f"Machine: {machine_line()}; {code_version()}.")
         if options.peers:
             print(f"Peer venv {PEER_VENV}: {peer_note}.")
         print()
         print(main_table(variants, options.tests))
-        print()
+        print(
+            "\n`overhead µs/test` = (median wall time − baseline median) / N; `CPU µs/test` = "
+            "the same with the pytest process's user + system CPU time (all its threads, so "
+            "background export is included; etcd and the OTLP receiver are not). "
+            "Load average at the start: {:.2f} {:.2f} {:.2f}.\n".format(*load_start)
+        )
+        if small:
+            print(
+                "### Startup versus per-test cost\n\n"
+                f"Each variant also ran {options.runs} time(s) on a 1-test suite. "
+                "`startup s` is its median minus the baseline's on that suite (paid once per "
+                "session); `per-test µs` is the rest of the overhead spread over the other "
+                f"tests: ((Δ at {options.tests} tests) − (Δ at 1 test)) / {options.tests - 1}. "
+                "The CPU columns do the same with the pytest process's user + system time.\n"
+            )
+            print(startup_table(small, options.tests))
+            print()
         print(f"### Sanity: the last `taskctl (etcd up)` run ({last.last_run_id})\n")
-        sanity = [
+        sanity: list[list[object]] = [
             ["traces.jsonl lines (export batches)", lines, ""],
             ["spans in traces.jsonl", spans, f"expected {options.tests + 1} (N tests + session)"],
             ["`pytest session` spans", sessions, "expected 1"],
@@ -501,7 +635,11 @@ def main() -> int:
                     ]
                 )
         print(markdown_table(["what", "value", "check"], sanity))
-        bad = [v for v in runnable if v.failures and not v.name.endswith("collector down")]
+        bad = problems(runnable) + problems([v1 for _, v1 in small], " (1-test suite)")
+        if bad:
+            print("\n### Bad runs\n")
+            for line in bad:
+                print(f"- {line}")
         print(f"\nTotal benchmark time {time.monotonic() - started:.0f} s.")
         return 1 if bad else 0
     finally:

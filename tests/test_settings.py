@@ -203,11 +203,13 @@ def test_etcd_tls_with_client_certificate(
     try:
         pytester.makeini(INNER_INI)
         pytester.makepyfile("def test_a(): pass\n")
+        # "--option=value": a bare path argument would move pytest's rootdir.
         result = pytester.runpytest(
             "--run-id", "tls-1", "--taskctl-prefix", prefix,
             "--taskctl-etcd", f"https://127.0.0.1:{server.port}",
-            "--taskctl-etcd-cacert", certs["ca.pem"],
-            "--taskctl-etcd-cert", certs["client.pem"], "--taskctl-etcd-key", certs["client.key"],
+            f"--taskctl-etcd-cacert={certs['ca.pem']}",
+            f"--taskctl-etcd-cert={certs['client.pem']}",
+            f"--taskctl-etcd-key={certs['client.key']}",
         )  # fmt: skip
         result.assert_outcomes(passed=1)
         assert "etcd unreachable" not in result.stdout.str()
@@ -224,7 +226,7 @@ def test_etcd_tls_with_client_certificate(
 
         no_cert = pytester.runpytest(
             "--run-id", "tls-2", "--taskctl-etcd", f"https://127.0.0.1:{server.port}",
-            "--taskctl-etcd-cacert", certs["ca.pem"],
+            f"--taskctl-etcd-cacert={certs['ca.pem']}",
         )  # fmt: skip
         no_cert.assert_outcomes(passed=1)
         no_cert.stdout.fnmatch_lines(["taskctl: warning: etcd unreachable (*TLS error*"])
