@@ -443,12 +443,12 @@ class ResumePlugin:
         self.to_run = 0
         self.nothing_left = False
         self.counts = {"passed": 0, "failed": 0, "skipped": 0}
-        self._open: dict[str, TestOutcome] = {}
         self._lock = threading.Lock()
         self._attempts: list[dict[str, Any]] = []
         if self.records:
             run.start_hooks.append(self._on_start)
             run.close_hooks.append(self._on_close)
+            run.finished_hooks.append(self._on_test_finished)
 
     # -- start: lease, history, attempt --------------------------------------------------
 
@@ -616,19 +616,9 @@ class ResumePlugin:
 
     # -- results -----------------------------------------------------------------------
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        when = report.when
-        if not self.records or when not in ("setup", "call", "teardown"):
-            return
-        nodeid = report.nodeid  # a property that parses the id (pytest 9): read it once
+    def _on_test_finished(self, nodeid: str, outcome: TestOutcome) -> None:
+        """Queue the test's result (TaskRun calls this once its teardown report is in)."""
         with self._lock:
-            outcome = self._open.get(nodeid)
-            if outcome is None:
-                outcome = self._open[nodeid] = TestOutcome()
-            outcome.record(report)
-            if when != "teardown":
-                return
-            del self._open[nodeid]
             self.counts[outcome.counter] += 1
             counts = dict(self.counts)
         if self.sink is not None:

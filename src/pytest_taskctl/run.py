@@ -177,6 +177,8 @@ class TaskRun:
         self.start_hooks: list[Callable[[TaskRun], Mapping[str, Any] | None]] = []
         #: Called in finish() after the last writes landed, while the gateway is still open.
         self.close_hooks: list[Callable[[TaskRun], None]] = []
+        #: Called with ``(nodeid, outcome)`` once a test's teardown report is in.
+        self.finished_hooks: list[Callable[[str, TestOutcome], None]] = []
 
     # -- session ----------------------------------------------------------------
 
@@ -333,14 +335,17 @@ class TaskRun:
 
     def record_report(self, report: pytest.TestReport) -> TestOutcome | None:
         """Fold a phase report into the test's outcome; returns it once teardown is in."""
-        outcome = self.outcomes.get(report.nodeid)
+        nodeid = report.nodeid  # a property that parses the id (pytest 9): read it once
+        outcome = self.outcomes.get(nodeid)
         if outcome is None:
-            outcome = self.outcomes[report.nodeid] = TestOutcome()
+            outcome = self.outcomes[nodeid] = TestOutcome()
         outcome.record(report)
         if report.when != "teardown":
             return None
-        del self.outcomes[report.nodeid]
+        del self.outcomes[nodeid]
         self.control.test_finished(outcome.counter)
+        for hook in self.finished_hooks:
+            hook(nodeid, outcome)
         return outcome
 
     # -- signals ----------------------------------------------------------------

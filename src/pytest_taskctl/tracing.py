@@ -157,6 +157,7 @@ class RunTracer:
         self._provider: Any = None
         self._running: dict[int, trace.Span] = {}
         self.session_span: trace.Span = NonRecordingSpan(_random_span_context())
+        self._session_links: tuple[Link, ...] = ()
         self._session_token: object | None = None
         self._parent_context = TraceContextTextMapPropagator().extract(
             {k.lower(): v for k, v in env.items() if k in ("TRACEPARENT", "TRACESTATE")}
@@ -201,6 +202,7 @@ class RunTracer:
                 _random_span_context(parent.trace_id if parent.is_valid else None)
             )
         self._session_token = otel_context.attach(trace.set_span_in_context(self.session_span))
+        self._session_links = (Link(self.session_span.get_span_context()),)  # shared: immutable
 
     def end_session(self, run_status: str, attributes: Mapping[str, Any]) -> None:
         span = self.session_span
@@ -235,7 +237,7 @@ class RunTracer:
                 context=otel_context.Context(),
                 kind=SpanKind.INTERNAL,
                 attributes=attributes,
-                links=(Link(session),),
+                links=self._session_links,
             )
         else:
             span = self._tracer.start_span(
