@@ -152,6 +152,16 @@ class RunControl:
                 "current": sorted(self._running.values()),
             }
 
+    def update_meta(self, **fields: Any) -> None:
+        """Change fields of the meta record; published with the next progress update.
+
+        Features (resume, live pause) call this from test threads while the
+        publisher serializes ``meta``: the lock keeps both consistent.
+        """
+        with self._meta_lock:
+            self.meta.update(fields)
+        self._progress_changed.set()
+
     def publish_progress(self, force: bool = False, status: str | None = None) -> None:
         """Queue the meta record (and ``status`` with it, in the same transaction)."""
         now = time.monotonic()
