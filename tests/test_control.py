@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,7 @@ def status_of(etcdctl: Etcdctl, prefix: str, run_id: str = "run-1") -> str | Non
 def test_pause_holds_next_test_until_resumed(suite, etcdctl: Etcdctl, prefix: str) -> None:  # type: ignore[no-untyped-def]
     run = suite(["one", "two", "three"], gates=["one"])
     run.wait_started("one")
-    assert status_of(etcdctl, prefix) == "RUNNING"
+    wait_for(lambda: status_of(etcdctl, prefix) == "RUNNING")  # written off the test thread
 
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
     run.release("one")  # the running test is never interrupted by a pause
@@ -220,3 +222,79 @@ def test_xdist_cancelled_run_skips_on_every_worker(
     result.assert_outcomes(skipped=4)
     assert result.ret == 2
     assert etcdctl.get(f"{prefix}/runs/xd-1/status") == "CANCELLED"
+
+
+def test_stale_cancel_is_cleared_and_reported(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
+    ptr.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
+    etcdctl("put", f"{prefix}/runs/again/cancelled", "1")
+    ptr.runpytest("--run-id", "again").assert_outcomes(skipped=2)
+    second = ptr.runpytest("--run-id", "again")
+    second.assert_outcomes(passed=2)
+    assert second.ret == 0
+    second.stdout.fnmatch_lines(
+        ["taskctl: note: cleared cancelled='1' left over from an earlier attempt"]
+    )
+    assert etcdctl.get(f"{prefix}/runs/again/cancelled") is None
+    assert etcdctl.get(f"{prefix}/runs/again/status") == "COMPLETED"
+
+
+def test_flag_set_after_the_end_is_kept_for_the_next_attempt(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
+    ptr.makepyfile("def test_a(): pass\n")
+    ptr.runpytest("--run-id", "next").assert_outcomes(passed=1)
+    etcdctl("put", f"{prefix}/runs/next/cancelled", "1")  # for the next attempt
+    second = ptr.runpytest("--run-id", "next")
+    second.assert_outcomes(skipped=1)
+    assert second.ret == 2
+
+
+def test_quiet_run_still_shows_the_warnings_once(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INNER_INI)
+    pytester.makepyfile("def test_a(): pass\n")
+    result = pytester.runpytest("-q", "--taskctl-etcd", "127.0.0.1:1")
+    result.assert_outcomes(passed=1)
+    text = result.stdout.str()
+    assert text.count("etcd unreachable") == 1
+    assert text.count("no run id given") == 1
+
+
+def test_pause_is_announced_on_the_terminal(suite, etcdctl: Etcdctl, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    run = suite(["one", "two"], gates=["one"])
+    run.wait_started("one")
+    etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.release("one")
+    wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
+    etcdctl("del", f"{prefix}/runs/run-1/paused")
+    output = run.finish()
+    assert "taskctl: PAUSED before test_suite.py::test_two" in output
+    assert f"etcdctl del {prefix}/runs/run-1/paused" in output
+    assert "taskctl: resumed after" in output
+
+
+def test_collection_error_ends_failed_not_interrupted(
+    ptr: pytest.Pytester, etcdctl: Etcdctl, prefix: str
+) -> None:
+    ptr.makepyfile(test_broken="def test_a(:\n", test_fine="def test_b(): pass\n")
+    result = ptr.runpytest("--run-id", "broken")
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # pytest's own code for collection errors
+    assert etcdctl.get(f"{prefix}/runs/broken/status") == "FAILED"
+
+
+def test_nothing_leaks_when_another_plugin_breaks_sessionstart(ptr: pytest.Pytester) -> None:
+    ptr.makeconftest("def pytest_sessionstart(session):\n    raise RuntimeError('boom')\n")
+    ptr.makepyfile("def test_a(): pass\n")
+    before = {t.name for t in threading.enumerate()}
+    handlers = list(logging.getLogger().handlers)
+    ptr.runpytest("--run-id", "leak")
+
+    def ours() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("taskctl-")} - before
+
+    try:
+        wait_for(lambda: not ours())  # threads end within their join deadlines
+    except AssertionError:
+        raise AssertionError(f"threads left running: {sorted(ours())}") from None
+    assert logging.getLogger().handlers == handlers

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -334,6 +336,12 @@ def test_otlp_grpc_export_matches_the_file(
     by_name = {name: trace_id for trace_id, _, name in file_spans}
     fail_line = next(body for body in records if body.startswith("in test_fail"))
     assert records[fail_line] == by_name["test_suite.py::test_fail"]
+    with receiver.lock:
+        resources = [rl.resource for req in receiver.log_requests for rl in req.resource_logs]
+    names = {
+        a.value.string_value for r in resources for a in r.attributes if a.key == "service.name"
+    }
+    assert names == {"pytest"}, "logs and spans name the same service"
 
 
 class _OTLPHTTPHandler(BaseHTTPRequestHandler):
@@ -390,6 +398,59 @@ def test_bad_otlp_protocol_is_a_usage_error(
     result = ptr.runpytest("--run-id", "x")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unsupported OTEL_EXPORTER_OTLP_PROTOCOL 'carrier-pigeon'" in result.stderr.str()
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[str]:
+    """A TCP endpoint that accepts connections and never answers: the worst collector."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_collector_that_never_answers_costs_at_most_about_2_s(
+    tmp_path: Path, taskctl_env: dict[str, str], silent_collector: str, protocol: str
+) -> None:
+    """The SDK's own flush would wait out its retries (10 s and more); we give it 2 s."""
+    (tmp_path / "pytest.ini").write_text(INNER_INI)
+    (tmp_path / "test_x.py").write_text("def test_a(): pass\ndef test_b(): pass\n")
+
+    def run(extra: dict[str, str], run_id: str) -> float:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "--run-id", run_id, "-q", "-p", "no:cacheprovider"],
+            cwd=tmp_path, env={**taskctl_env, **extra}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return time.monotonic() - started
+
+    baseline = run({}, "quiet-1")
+    silent = run(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": silent_collector, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol},
+        "silent-1",
+    )
+    # 2 s budget, plus slack for exporter imports and a loaded machine; a hang is 10 s+.
+    assert silent - baseline < 5.0, f"{silent:.1f} s with a silent collector vs {baseline:.1f} s"
+    spans = read_spans(tmp_path / "logs" / "silent-1" / "traces.jsonl")
+    assert len(spans) == 3, "the file gets every span whatever the collector does"
 
 
 def test_unreachable_collector_never_hangs_the_run(

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .keys import RunKeys, flag_is_true
@@ -37,10 +37,12 @@ class RunControl:
         writer: KeyWriter | None,
         *,
         publish: bool = True,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.keys = keys
         self.view = view
         self.writer = writer if publish else None
+        self.notify = notify or (lambda text: None)
         self.cancel_seen = False
         self.meta: dict[str, Any] = {}
         self.counts = {"passed": 0, "failed": 0, "skipped": 0}
@@ -79,12 +81,12 @@ class RunControl:
         if self.view is None:
             self._test_started(nodeid)
             return True
-        if self.is_cancelled():
+        if self.is_cancelled() or self._stopped.is_set():
             return False
         if flag_is_true(self.view.get(self.keys.paused)):
             self._hold(nodeid)
-            if self.is_cancelled():
-                return False
+            if self.is_cancelled() or self._stopped.is_set():
+                return False  # cancelled, or the run is ending (Ctrl-C) while held
         self._test_started(nodeid)
         return True
 
@@ -94,6 +96,10 @@ class RunControl:
             self._waiting += 1
             self._refresh_status()
         log.warning("run paused through etcd (%s) before %s", self.keys.paused, nodeid)
+        self.notify(
+            f"taskctl: PAUSED before {nodeid}: running tests finish, no new test starts; "
+            f"resume with: etcdctl del {self.keys.paused}  (or taskctl resume {self.keys.run_id})"
+        )
         self._progress_changed.set()
         started = time.monotonic()
 
@@ -110,8 +116,10 @@ class RunControl:
         waited = time.monotonic() - started
         if self.is_cancelled():
             log.warning("run cancelled through etcd (%s) while paused", self.keys.cancelled)
-        else:
+            self.notify(f"taskctl: cancelled while paused ({waited:.1f} s); skipping the rest")
+        elif not self._stopped.is_set():
             log.warning("run resumed after %.1f s; next: %s", waited, nodeid)
+            self.notify(f"taskctl: resumed after {waited:.1f} s")
 
     # -- progress ---------------------------------------------------------------
 
@@ -207,12 +215,16 @@ class RunControl:
             )
             self._publisher.start()
 
-    def finish(self, status: str, extra: Mapping[str, Any]) -> None:
-        """The end status and the final meta, written together."""
+    def stop(self) -> None:
+        """No new test passes the gate; the progress publisher ends."""
         self._stopped.set()
         self._progress_changed.set()
-        if self._publisher is not None:
+        if self._publisher is not None and self._publisher is not threading.current_thread():
             self._publisher.join(2.0)
+
+    def finish(self, status: str, extra: Mapping[str, Any]) -> None:
+        """The end status and the final meta, written together."""
+        self.stop()
         with self._lock:
             self._status = status
         with self._meta_lock:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .tracing import get_traceid
+from .tracing import get_traceid, sdk_disabled
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - [%(traceid)s] - %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -123,7 +123,7 @@ def parse_level(value: str | int, source: str) -> int:
 
 def _otel_logs_wanted(environ: Mapping[str, str]) -> bool:
     exporters = {n.strip().lower() for n in environ.get("OTEL_LOGS_EXPORTER", "").split(",") if n}
-    if "none" in exporters or environ.get("OTEL_SDK_DISABLED", "").lower() in ("1", "true"):
+    if "none" in exporters or sdk_disabled(environ):
         return False
     endpoint = environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -204,7 +204,19 @@ class RunLog:
         self._logger_provider = provider
         return LoggingHandler(level=self.level, logger_provider=provider)
 
-    def stop(self, deadline: float = 1.0) -> None:
+    def begin_shutdown(self) -> threading.Thread | None:
+        """Start flushing the OTel logs pipeline in the background (bounded by the caller)."""
+        provider, self._logger_provider = self._logger_provider, None
+        if provider is None:
+            return None
+        flushing = threading.Thread(
+            target=provider.shutdown, name="taskctl-logs-flush", daemon=True
+        )
+        flushing.start()
+        return flushing
+
+    def stop(self) -> None:
+        """Detach and close the handlers (the file is complete after this)."""
         root = logging.getLogger()
         for handler in self._handlers:
             root.removeHandler(handler)
@@ -214,8 +226,6 @@ class RunLog:
         if self._saved_root_level is not None:
             root.setLevel(self._saved_root_level)
             self._saved_root_level = None
-        if self._logger_provider is not None:
-            from .tracing import run_bounded
-
-            run_bounded(self._logger_provider.shutdown, deadline)
-            self._logger_provider = None
+        flushing = self.begin_shutdown()  # when nobody started it: give it a moment
+        if flushing is not None:
+            flushing.join(1.0)

@@ -5,6 +5,7 @@ Disable with ``-p no:taskctl``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Generator
 
@@ -84,6 +85,9 @@ def pytest_configure(config: pytest.Config) -> None:
         is_controller=bool(getattr(config.option, "numprocesses", None))
         and not hasattr(config, "workerinput"),
     )
+    run.notify = lambda text: terminal_line(config, text)
+    config.add_cleanup(run.close)  # also when sessionfinish never comes
+    config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
     for feature in FEATURES:
@@ -94,6 +98,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _run(config: pytest.Config) -> TaskRun | None:
     return config.stash.get(RUN_KEY, None)
+
+
+def terminal_line(config: pytest.Config, text: str) -> None:
+    """A line on the terminal now, even while pytest captures output (pauses are news)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        terminal.ensure_newline()
+        terminal.write_line(text)
+
+
+class InterruptWatch:
+    """Ctrl-C, SIGTERM or ``pytest.exit``: INTERRUPTED (exit code 2 alone may be errors)."""
+
+    def __init__(self, run: TaskRun) -> None:
+        self.run = run
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        # pytest raises Session.Interrupted itself for collection errors: those are FAILED.
+        if not isinstance(excinfo.value, pytest.Session.Interrupted):
+            self.run.interrupted = True
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -208,7 +235,8 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = _run(terminalreporter.config)
     if run is not None:
-        for line in summary_lines(run):
+        header_shown = terminalreporter.config.get_verbosity() >= 0
+        for line in summary_lines(run, header_shown):
             terminalreporter.write_line(line)
 
 

@@ -29,8 +29,15 @@ from .keys import InvalidRunId, RunKeys, validate_run_id
 from .logs import RunLog, parse_level
 from .outcome import TestOutcome
 from .settings import EtcdSettings, SettingError, resolve_prefix
-from .store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange
-from .tracing import ExportConfig, InvalidExportConfig, RunTracer, format_traceparent
+from .store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
+from .tracing import (
+    EXPORT_DEADLINE,
+    ExportConfig,
+    InvalidExportConfig,
+    RunTracer,
+    format_traceparent,
+    make_resource,
+)
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -172,6 +179,12 @@ class TaskRun:
         self.final_status = ""
         self._saved_sigterm: Any = None
         self._lost_lock = threading.Lock()
+        self._lost_parts: set[str] = set()
+        self._closed = False
+        self.interrupted = False
+        self.stale_flags: list[str] = []
+        #: Shows a line on the terminal (set by the plugin); pauses are announced there.
+        self.notify: Callable[[str], None] = lambda text: None
         #: Called in start() after connecting, before anything is written to etcd;
         #: each may add fields to the meta record or raise (e.g. UsageError) to refuse the run.
         self.start_hooks: list[Callable[[TaskRun], Mapping[str, Any] | None]] = []
@@ -190,7 +203,7 @@ class TaskRun:
             per_test_traces=settings.trace_mode == "test",
         )
         tracing.activate(self.tracer)
-        self.runlog.start(resource=None)
+        self.runlog.start(resource=make_resource())
         self.tracer.start_session({"test.suite.name": "pytest", "host.name": socket.gethostname()})
         if settings.run_id_generated:
             log.warning("no run id given; generated run id %s", settings.run_id)
@@ -200,8 +213,9 @@ class TaskRun:
             for hook in self.start_hooks:
                 meta.update(hook(self) or {})
         except BaseException:
-            self._abort()
+            self.close("INTERRUPTED")
             raise
+        self._watch_flags()
         self.control.start(meta)
         log.info("pytest_sessionstart: run %s (%s)", settings.run_id, self.control_description)
         self._install_sigterm()
@@ -213,21 +227,60 @@ class TaskRun:
             self.etcd_error = str(exc)
             log.warning("%s; pause/cancel disabled for this run", exc)
             return
+        self.writer = KeyWriter(
+            self.gateway, on_connection_change=self._connection_callback("writer")
+        )
+
+    def _watch_flags(self) -> None:
+        """Clear flags left by an ended attempt, then mirror the run's flags locally.
+
+        Runs after the start hooks, so a run id still live elsewhere (resume's
+        lease) is refused before we touch its keys.
+        """
+        if self.gateway is None:
+            return
         keys = self.settings.keys
         start, end = keys.control_range
+        try:
+            self.stale_flags = clear_stale_flags(self.gateway, keys)
+            initial = self.gateway.range(start, end)
+        except Exception as exc:  # etcd went away right after connecting
+            self.etcd_error = f"etcd unreachable ({exc})"
+            log.warning("%s; pause/cancel disabled for this run", self.etcd_error)
+            return
+        if self.stale_flags:
+            log.warning(
+                "cleared %s left over from an earlier attempt of run %s",
+                " and ".join(self.stale_flags),
+                self.settings.run_id,
+            )
         self.view = WatchedRange(
-            self.gateway, start, end, on_connection_change=self._on_connection_change
-        ).start(self.gateway.range(start, end))
-        self.writer = KeyWriter(self.gateway, on_connection_change=self._on_connection_change)
-        self.control = RunControl(keys, self.view, self.writer, publish=not self.is_worker)
+            self.gateway, start, end, on_connection_change=self._connection_callback("watch")
+        ).start(initial)
+        self.control = RunControl(
+            keys, self.view, self.writer, publish=not self.is_worker, notify=self.notify
+        )
 
-    def _on_connection_change(self, connected: bool, error: BaseException | None) -> None:
-        with self._lost_lock:
-            if not connected and self.etcd_lost_at is None:
-                self.etcd_lost_at = time.time()
-                log.warning("lost etcd (%s); tests go on, reconnecting in the background", error)
-            elif connected and self.etcd_lost_at is not None:
-                log.warning("etcd is back; pause and cancel work again")
+    def _connection_callback(self, part: str) -> Callable[[bool, BaseException | None], None]:
+        """Warn once when etcd is lost (by any part) and once when every part has it back."""
+
+        def changed(connected: bool, error: BaseException | None) -> None:
+            with self._lost_lock:
+                was_lost = bool(self._lost_parts)
+                if connected:
+                    self._lost_parts.discard(part)
+                else:
+                    self._lost_parts.add(part)
+                if self._lost_parts and not was_lost:
+                    if self.etcd_lost_at is None:
+                        self.etcd_lost_at = time.time()
+                    log.warning(
+                        "lost etcd (%s); tests go on, reconnecting in the background", error
+                    )
+                elif was_lost and not self._lost_parts:
+                    log.warning("etcd is back; pause and cancel work again")
+
+        return changed
 
     def _meta(self, argv: list[str]) -> dict[str, Any]:
         assert self.tracer is not None
@@ -262,17 +315,22 @@ class TaskRun:
                 item.add_marker(marker)
         self.control.publish_progress(force=True)
 
-    def finish(self, session: pytest.Session) -> None:
-        """End status, flush etcd writes and telemetry -- each with a deadline."""
-        exitstatus = session.exitstatus
+    def end_status(self, session: pytest.Session) -> str:
+        """CANCELLED (flag seen), INTERRUPTED (Ctrl-C, SIGTERM, crash), COMPLETED or FAILED."""
         if self.is_controller:
             self.control.is_cancelled()  # the workers saw the flag; the controller looks now
         if self.control.cancel_seen:
-            status = "CANCELLED"
             session.exitstatus = pytest.ExitCode.INTERRUPTED
-        else:
-            status = EXIT_STATUS.get(exitstatus, "FAILED")  # type: ignore[call-overload]
-        self.final_status = status
+            return "CANCELLED"
+        if self.interrupted or session.exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+            return "INTERRUPTED"
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            return "COMPLETED"
+        return "FAILED"  # failures, errors, collection errors
+
+    def finish(self, session: pytest.Session) -> None:
+        """End status and the final meta; then :meth:`close`."""
+        status = self.final_status = self.end_status(session)
         counts = self.control.progress()["counts"]
         log.info(
             "pytest_sessionfinish: run %s %s (exit %d): %s",
@@ -282,10 +340,22 @@ class TaskRun:
             ", ".join(f"{v} {k}" for k, v in counts.items()),
         )
         self.control.finish(status, {"exit_code": int(session.exitstatus)})
+        self.close(status, {f"pytest.tests.{k}": v for k, v in counts.items()})
+
+    def close(self, status: str = "INTERRUPTED", attributes: Mapping[str, Any] = {}) -> None:  # noqa: B006 - read only
+        """Stop every thread, flush etcd and telemetry, close files: each bounded, once.
+
+        Also registered with ``config.add_cleanup``, so a session that never
+        reaches sessionfinish (another plugin's sessionstart raised) leaks nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.control.stop()
         if self.view is not None:
             self.view.stop()
         if self.writer is not None:
-            self.writes_landed = self.writer.close(timeout=2.0)
+            self.writes_landed = self.writer.close(timeout=EXPORT_DEADLINE)
             if not self.writes_landed:
                 log.warning("etcd did not take the final status/results within 2 s")
         for hook in self.close_hooks:
@@ -295,26 +365,17 @@ class TaskRun:
                 log.exception("taskctl close hook failed")
         if self.gateway is not None:
             self.gateway.close()
+        # Spans and OTel logs share one deadline and flush side by side.
+        deadline = time.monotonic() + EXPORT_DEADLINE
+        logs_flushing = self.runlog.begin_shutdown()
         if self.tracer is not None:
-            self.tracer.end_session(status, {f"pytest.tests.{k}": v for k, v in counts.items()})
-            if not self.tracer.shutdown():
+            self.tracer.end_session(status, attributes)
+            if not self.tracer.shutdown(deadline - time.monotonic()):
                 log.warning("span export did not finish within 2 s; traces.jsonl is complete")
         self._restore_sigterm()
         self.runlog.stop()
-        tracing.activate(None)
-
-    def _abort(self) -> None:
-        """Undo start() when a start hook refused the run: nothing was written to etcd."""
-        if self.view is not None:
-            self.view.stop()
-        if self.writer is not None:
-            self.writer.close(timeout=0)
-        if self.gateway is not None:
-            self.gateway.close()
-        if self.tracer is not None:
-            self.tracer.end_session("INTERRUPTED", {})
-            self.tracer.shutdown()
-        self.runlog.stop()
+        if logs_flushing is not None:
+            logs_flushing.join(max(0.0, deadline - time.monotonic()))
         tracing.activate(None)
 
     # -- tests ------------------------------------------------------------------
@@ -389,9 +450,19 @@ def header_lines(run: TaskRun) -> list[str]:
     return lines
 
 
-def summary_lines(run: TaskRun) -> list[str]:
+def summary_lines(run: TaskRun, header_shown: bool = True) -> list[str]:
+    """The end of the run; with ``-q`` (no header) also the header's warnings, once."""
     settings = run.settings
     lines = []
+    if settings.run_id_generated and not header_shown:
+        lines.append(f"taskctl: warning: no run id given; this run is {settings.run_id}")
+    if run.etcd_error and not header_shown:
+        lines.append(f"taskctl: warning: {run.etcd_error}; pause/cancel were disabled")
+    if run.stale_flags:
+        lines.append(
+            f"taskctl: note: cleared {' and '.join(run.stale_flags)} left over from an "
+            "earlier attempt"
+        )
     if run.control.cancel_seen:
         lines.append(
             f"taskctl: run {settings.run_id} was cancelled through etcd "

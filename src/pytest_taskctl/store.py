@@ -32,6 +32,8 @@ from typing import Any
 
 from .keys import (
     DEFAULT_PREFIX,
+    FINAL_STATUSES,
+    FLAG_NAMES,
     STATUSES,
     RunKeys,
     flag_is_true,
@@ -642,6 +644,28 @@ class KeyWriter:
                 # Let writes accumulate into the next transaction: fewer calls,
                 # less GIL time taken from the tests.
                 time.sleep(self._min_interval)
+
+
+def clear_stale_flags(gateway: EtcdGateway, keys: RunKeys) -> list[str]:
+    """Delete ``paused``/``cancelled`` set before the run's last attempt ended.
+
+    A flag written before the previous attempt's final status would pause or
+    cancel a re-run (``--resume``) the moment it starts. Flags written after
+    that status are a request for the next attempt and stay. Each delete is
+    conditional on the flag's revision, so a flag set meanwhile survives.
+    """
+    status = gateway.range(keys.status).kvs
+    if not status or status[0].text not in FINAL_STATUSES:
+        return []
+    ended_at = status[0].mod_revision
+    cleared = []
+    for name in FLAG_NAMES:
+        kvs = gateway.range(keys.flag(name)).kvs
+        if kvs and kvs[0].mod_revision < ended_at:
+            compare = [mod_revision_equals(keys.flag(name), kvs[0].mod_revision)]
+            if gateway.txn([delete_op(keys.flag(name))], compare=compare):
+                cleared.append(f"{name}={kvs[0].text!r}")
+    return cleared
 
 
 def _check_flag_name(name: str) -> str:

@@ -28,6 +28,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .outcome import TestOutcome
 
 TRUE_WORDS = ("1", "true", "yes", "on")
+PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")
+
+
+def sdk_disabled(environ: Mapping[str, str]) -> bool:
+    """``OTEL_SDK_DISABLED`` as the SDK reads it (also used for the logs pipeline)."""
+    return environ.get("OTEL_SDK_DISABLED", "").strip().lower() in TRUE_WORDS
+
+
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
 EXPORT_DEADLINE = 2.0
 
@@ -72,7 +80,7 @@ class ExportConfig:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ExportConfig:
-        disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() in TRUE_WORDS
+        disabled = sdk_disabled(environ)
         exporters = {
             name.strip().lower()
             for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",")
@@ -124,7 +132,7 @@ def _otlp_span_exporter(protocol: str) -> Any:
     raise InvalidExportConfig(f"unsupported OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r}")
 
 
-def make_resource(environ: Mapping[str, str]) -> Any:
+def make_resource() -> Any:
     """Resource from OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (default ``pytest``)."""
     from opentelemetry.sdk.resources import Resource
 
@@ -171,7 +179,7 @@ class RunTracer:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        provider = TracerProvider(resource=make_resource(env), shutdown_on_exit=False)
+        provider = TracerProvider(resource=make_resource(), shutdown_on_exit=False)
         if self.traces_path is not None:
             from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 
@@ -275,6 +283,8 @@ class RunTracer:
 
         If exactly one test is running, that test; otherwise the session.
         """
+        if threading.current_thread().name.startswith(PLUGIN_THREAD_PREFIXES):
+            return self.session_context  # our own watch/writer/lease threads
         running = list(self._running.values())
         if len(running) == 1:
             return running[0].get_span_context()
