@@ -683,6 +683,11 @@ class StateStore:
     the key at revision R and watches from R+1, so no change is missed.
     """
 
+    #: The run-level keys (``<run>/<name>``); results and pauses sit below them.
+    RUN_LEAVES = ("cancelled", "lease", "meta", "paused", "status")
+    #: Keys per read when listing run ids.
+    RUN_IDS_PAGE = 1000
+
     def __init__(
         self,
         etcd: EtcdSettings | str | None = None,
@@ -758,33 +763,100 @@ class StateStore:
         self.gateway.put(self.keys(run_id).status, status)
 
     def get_meta(self, run_id: str) -> dict[str, Any] | None:
-        value = self.gateway.get(self.keys(run_id).meta)
-        if value is None:
-            return None
-        try:
-            meta = json.loads(value)
-        except ValueError:
-            return None
-        return meta if isinstance(meta, dict) else None
+        from .records import json_object
+
+        return json_object(self.gateway.get(self.keys(run_id).meta))
+
+    # -- runs -------------------------------------------------------------------
 
     def run_exists(self, run_id: str) -> bool:
+        """Whether any key exists under ``<run>/`` (also only results or pauses)."""
+        root = self.keys(run_id).root + "/"
+        return bool(self._keys(root, prefix_end(root), limit=1)[0])
+
+    def run_ids(self) -> list[str]:
+        """Ids of the runs under the prefix (any key under ``<run>/``), in key order.
+
+        Keys only, a page at a time; a page that ends inside a run's results
+        skips the rest of them, so the cost grows with the runs, not the tests.
+        """
+        root = runs_root(self.prefix)
+        end = prefix_end(root)
+        cursor = root
+        ids: list[str] = []
+        while True:
+            keys, more = self._keys(cursor, end, limit=self.RUN_IDS_PAGE)
+            for key in keys:
+                run_id, slash, _ = key[len(root) :].partition("/")
+                if run_id and (not ids or ids[-1] != run_id):
+                    ids.append(run_id)
+            if not more or not keys:
+                return ids
+            run_id, slash, _ = keys[-1][len(root) :].partition("/")
+            # Past the rest of that run's keys; a bare "<root><id>" key has none.
+            cursor = prefix_end(f"{root}{run_id}/") if slash else keys[-1] + "\0"
+
+    def leaf_ranges(self, run_id: str) -> list[tuple[str, str | None]]:
+        """The key ranges that hold a run's run-level keys (:data:`RUN_LEAVES`) and no other.
+
+        ``cancelled`` < ``lease`` < ``meta`` < ``paused`` are adjacent; ``status``
+        sorts after ``pauses/`` and ``results/`` and needs a range of its own.
+        """
         keys = self.keys(run_id)
-        return bool(
-            self.gateway.range(keys.root + "/", prefix_end(keys.root + "/"), keys_only=True).kvs
-        )
+        start, end = keys.control_range
+        return [(start, end), (keys.status, None)]
+
+    def run_leaves(self, run_id: str) -> dict[str, bytes]:
+        """``{"status": b"...", "meta": b"...", ...}``: the run-level keys that exist.
+
+        Read in one transaction, so status and meta come from the same revision;
+        results and pauses are never read.
+        """
+        return self.runs_leaves([run_id]).get(run_id, {})
+
+    def runs_leaves(self, run_ids: list[str]) -> dict[str, dict[str, bytes]]:
+        """:meth:`run_leaves` of many runs, a few transactions for all of them."""
+        ranges = [
+            (run_id, start, end) for run_id in run_ids for start, end in self.leaf_ranges(run_id)
+        ]
+        leaves: dict[str, dict[str, bytes]] = {}
+        for first in range(0, len(ranges), MAX_TXN_OPS):
+            chunk = ranges[first : first + MAX_TXN_OPS]
+            ops = [
+                {"request_range": {"key": _b64(start), **({"range_end": _b64(end)} if end else {})}}
+                for _, start, end in chunk
+            ]
+            responses = self.gateway.call("/kv/txn", {"success": ops}).get("responses", [])
+            for (run_id, _, _), response in zip(chunk, responses, strict=True):
+                found = leaves.setdefault(run_id, {})
+                root = self.keys(run_id).root + "/"
+                for raw in response.get("response_range", {}).get("kvs", ()):
+                    kv = _kv(raw)
+                    name = kv.key[len(root) :]
+                    if name in self.RUN_LEAVES:
+                        found[name] = kv.value
+        return leaves
 
     def list_runs(self) -> dict[str, dict[str, bytes]]:
         """``{run_id: {"status": b"...", "meta": b"...", ...}}`` for every run under the prefix.
 
-        Only the run-level keys are returned, not results or pauses.
+        Only the run-level keys are returned, not results or pauses; a run that
+        has none of them is left out.
         """
-        root = runs_root(self.prefix)
-        runs: dict[str, dict[str, bytes]] = {}
-        for kv in self.gateway.range_prefix(root).kvs:
-            run_id, _, rest = kv.key[len(root) :].partition("/")
-            if rest and "/" not in rest:
-                runs.setdefault(run_id, {})[rest] = kv.value
-        return runs
+        runs = self.runs_leaves(self.run_ids())
+        return {run_id: leaves for run_id, leaves in runs.items() if leaves}
+
+    def _keys(self, start: str, end: str, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` key names in ``[start, end)``, and whether more follow."""
+        response = self.gateway.call(
+            "/kv/range",
+            {"key": _b64(start), "range_end": _b64(end), "keys_only": True, "limit": limit},
+        )
+        keys = [
+            _unb64(raw.get("key")).decode("utf-8", "surrogateescape")
+            for raw in response.get("kvs", ())
+        ]
+        return keys, bool(response.get("more"))
 
     def close(self) -> None:
         with self._lock:
