@@ -531,6 +531,8 @@ class ResumePlugin:
         return previous_meta, records
 
     def _on_close(self, run: TaskRun) -> None:
+        if self.sink is not None:
+            self.sink.close()  # normally done in sessionfinish; this is the no-session path
         if self.lease is not None:
             self.lease.release()
 
