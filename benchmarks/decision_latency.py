@@ -7,7 +7,7 @@ Starts a private etcd and measures, on loopback:
 1. **Decisions.** One pytest run whose tests each call ``checkpoint()`` and
    stamp ``time.time()`` the moment it returns. This process finds each
    pending pause (``list_pauses``, polled every 5 ms), answers it with
-   ``livepause.decide`` -- the code ``taskctl decide`` runs -- and times the
+   ``pauses.decide`` -- the code ``taskctl decide`` runs -- and times the
    test's stamp from the moment ``decide`` returned (the transaction is
    committed by then) and from the moment it was called. A few more pauses
    are answered by the command-line tool in a subprocess, timed from its
@@ -59,7 +59,7 @@ from _common import (  # noqa: E402
 )
 
 from pytest_taskctl import StateStore  # noqa: E402
-from pytest_taskctl.livepause import decide, list_pauses  # noqa: E402
+from pytest_taskctl.pauses import decide, list_pauses  # noqa: E402
 from pytest_taskctl.server import EmbeddedEtcd, free_port  # noqa: E402
 from pytest_taskctl.store import prefix_end  # noqa: E402
 
@@ -173,7 +173,7 @@ def measure_decisions(
             else:
                 called = time.time()
                 done = subprocess.run(
-                    [sys.executable, "-m", "pytest_taskctl.livepause", "decide",
+                    [sys.executable, "-m", "pytest_taskctl.cli", "decide",
                      pause["pause_id"], "--result", "true"],
                     env=env, capture_output=True, text=True, timeout=60,
                 )  # fmt: skip

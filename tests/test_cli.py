@@ -6,6 +6,7 @@ subprocess) or seeded by writing ``status``/``meta`` the way the plugin does.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -291,6 +292,54 @@ def test_runs_on_an_empty_prefix(run_cli: CliRunner) -> None:
     assert "no runs under" in err
 
 
+def test_runs_finds_every_run_without_reading_results(
+    run_cli: CliRunner, store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run ids come from a keys-only listing; only the run-level keys are read with values."""
+    for run_id in ("foo", "foo-bar", "foo.1", "foo0", "zz"):  # '-' and '.' sort before '/'
+        seed(store, run_id, "COMPLETED", started=time.time(), counts=counts(passed=1))
+    result_value = "RESULT" * 50
+    for n in range(7):
+        store.gateway.put(store.keys("foo").result(f"t.py::test_{n}"), result_value)
+    store.gateway.put(store.keys("only-results").result("t.py::a"), result_value)
+    store.gateway.put(store.keys("leased").flag("lease"), "{}")
+    monkeypatch.setattr(StateStore, "RUN_IDS_PAGE", 3)  # pages end inside foo's results
+
+    responses: list[Any] = []
+    real_call = store.gateway.call
+
+    def call(method: str, data: Any, timeout: float | None = None) -> Any:
+        responses.append(real_call(method, data, timeout))
+        return responses[-1]
+
+    monkeypatch.setattr(store.gateway, "call", call)
+    assert store.run_ids() == ["foo-bar", "foo.1", "foo", "foo0", "leased", "only-results", "zz"]
+    runs = store.list_runs()
+    assert sorted(runs) == ["foo", "foo-bar", "foo.1", "foo0", "leased", "zz"]
+    assert set(runs["foo"]) == {"status", "meta"} and set(runs["leased"]) == {"lease"}
+    encoded = base64.b64encode(result_value.encode()).decode()
+    assert encoded not in json.dumps(responses)
+
+    code, out, _ = run_cli("runs", "--json")
+    assert code == 0
+    assert sorted(run["run_id"] for run in json.loads(out)) == sorted(runs)
+
+
+def test_run_leaves_are_the_run_level_keys_and_nothing_else(store: StateStore) -> None:
+    keys = seed(store, "r1", "RUNNING", started=time.time())
+    for key in (keys.paused, keys.cancelled, keys.flag("lease"), keys.result("t.py::a"),
+                keys.pause("r1.0000abcd")):  # fmt: skip
+        store.gateway.put(key, "1")
+    assert set(store.run_leaves("r1")) == {"status", "meta", "paused", "cancelled", "lease"}
+    watched = {
+        kv.key
+        for start, end in store.leaf_ranges("r1")
+        for kv in store.gateway.range(start, end).kvs
+    }
+    assert watched == {keys.status, keys.meta, keys.paused, keys.cancelled, keys.flag("lease")}
+    assert store.run_leaves("nope") == {}
+
+
 # -- watch --------------------------------------------------------------------------
 
 
@@ -367,6 +416,34 @@ def test_watch_gives_up_when_the_local_pytest_process_is_gone(
     assert code == 1
     assert f"pid {dead.pid}" in err and "is gone" in err
     assert time.monotonic() - started < 5
+
+
+def _proc_state(pid: int) -> str:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rfind(")") + 2 :].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["zombie", "pid reused"])
+def test_watch_gives_up_on_a_zombie_or_a_reused_pid(
+    taskctl_env: dict[str, str], store: StateStore, how: str
+) -> None:
+    """A pid that still answers kill(0) is gone too when it is a zombie or another process."""
+    script = "pass" if how == "zombie" else "import time; time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", script])  # not waited for: a zombie at exit
+    try:
+        meta: dict[str, Any] = {"host": socket.gethostname(), "pid": child.pid}
+        if how == "zombie":
+            wait_for(lambda: _proc_state(child.pid) == "Z")
+        else:
+            meta["proc_start"] = 1  # the run's process started long before this one
+        seed(store, "gone-1", "RUNNING", started=time.time(), counts=counts(remaining=1), **meta)
+        watch = taskctl("watch", "gone-1", "--interval", "0", env=taskctl_env, timeout=15)
+        assert watch.returncode == 1
+        assert f"pid {child.pid}" in watch.stderr and "is gone" in watch.stderr
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_watch_on_a_terminal_draws_a_live_panel(
@@ -474,3 +551,19 @@ def test_help_and_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
     assert cli.main([]) == 2
     assert "required" in capsys.readouterr().err
+
+
+def test_taskctl_does_not_load_the_pytest_plugin() -> None:
+    """`taskctl` starts without the plugin's modules (pauses/decide included)."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from pytest_taskctl import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.main(['--help'])\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('pytest_taskctl.'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.split())
+    assert "pytest_taskctl.pauses" in loaded
+    plugin_modules = {"livepause", "resume", "control", "run", "plugin", "groups", "logs"}
+    assert not loaded & {f"pytest_taskctl.{name}" for name in plugin_modules}

@@ -166,17 +166,24 @@ def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str
     run = RunningSuite(
         tmp_path, env, ["one", "two", "three", "four"], ["one", "two"], "lost-1"
     ).start()
-    run.wait_started("one")
-    server.kill()
-    run.release("one")
-    run.wait_started("two")  # etcd gone: tests go on
-    server.start()
-    ctl("put", f"{prefix}/runs/lost-1/paused", "1")
-    run.release("two")
-    wait_for(lambda: ctl.get(f"{prefix}/runs/lost-1/status") == "PAUSED", timeout=10)
-    assert not run.started("three")
-    ctl("del", f"{prefix}/runs/lost-1/paused")
-    output = run.finish()
+    try:
+        run.wait_started("one")
+        server.kill()
+        run.release("one")
+        run.wait_started("two")  # etcd gone: tests go on
+        server.start()
+        # The plugin says when its watch and writer have etcd back (contract: within 2 s).
+        wait_for(lambda: "etcd is back" in run.log_text, timeout=10)
+        ctl("put", f"{prefix}/runs/lost-1/paused", "1")
+        run.release("two")
+        wait_for(lambda: ctl.get(f"{prefix}/runs/lost-1/status") == "PAUSED", timeout=10)
+        assert not run.started("three")
+        ctl("del", f"{prefix}/runs/lost-1/paused")
+        output = run.finish()
+    finally:
+        if run.returncode is None and run.process is not None:
+            run.process.kill()
+            run.process.wait()
     assert run.returncode == 0, output
     assert "4 passed" in output
     assert "etcd connection was lost" in output

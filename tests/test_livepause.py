@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from pytest_taskctl import ResumeDecision, StateStore, checkpoint, cli
-from pytest_taskctl.livepause import FAILURE_TASK, PauseError, decide, list_pauses
+from pytest_taskctl.livepause import FAILURE_TASK
+from pytest_taskctl.pauses import PauseError, decide, list_pauses
 from pytest_taskctl.store import put_op
 
 from .conftest import INNER_INI, wait_for

@@ -411,3 +411,22 @@ def test_resume_with_xdist_workers(
     third = ptr.runpytest_subprocess("-n", "2", "--run-id", "xd", "--resume")
     assert third.ret == 0
     third.stdout.fnmatch_lines(["taskctl: resume: every test of run xd has passed; nothing left*"])
+
+
+def test_attempt_counts_are_exact_with_threads(ptr: pytest.Pytester, store: StateStore) -> None:
+    """Tests finishing at once on several threads never lose an update of the attempt entry."""
+    ptr.makepyfile(
+        "import pytest\n@pytest.mark.parametrize('n', range(80))\ndef test_a(n): assert n % 10\n"
+    )
+    args = ("--run-id", "threaded", "--thread", "4", "--group-unit", "function")
+    ptr.runpytest(*args).assert_outcomes(passed=72, failed=8)
+    meta = meta_of(store, "threaded")
+    assert meta["attempts"][-1]["counts"] == {"passed": 72, "failed": 8, "skipped": 0}
+    assert meta["left"] == 8
+    second = ptr.runpytest(*args, "--resume")
+    second.assert_outcomes(failed=8, deselected=72)
+    attempts = meta_of(store, "threaded")["attempts"]
+    assert [a["counts"] for a in attempts] == [
+        {"passed": 72, "failed": 8, "skipped": 0},
+        {"passed": 0, "failed": 8, "skipped": 0},
+    ]

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -32,9 +31,13 @@ from typing import Any, Protocol, TextIO
 
 from . import __version__
 from .keys import FINAL_STATUSES, RunKeys, flag_is_true, validate_run_id
+from .pauses import RESULT_TOKENS, PauseError, decide, list_pauses, result_token
+from .process import local_process_dead
+from .records import json_object
 from .settings import EtcdSettings, SettingError, resolve_prefix
 from .store import (
     EtcdUnavailable,
+    RangeResult,
     StateStore,
     WatchedRange,
     delete_op,
@@ -48,8 +51,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: Run-level keys (``<run>/<name>``) that make up what taskctl shows of a run.
-RUN_LEAVES = ("status", "meta", "paused", "cancelled")
+#: The run-level keys (``<run>/<name>``) taskctl shows; a change of one is a new state.
+SHOWN_LEAVES = ("status", "meta", "paused", "cancelled")
 COUNT_NAMES = ("passed", "failed", "skipped", "remaining", "total")
 
 #: How long ``watch`` waits for the final ``meta`` once the final status is in
@@ -57,6 +60,8 @@ COUNT_NAMES = ("passed", "failed", "skipped", "remaining", "total")
 FINAL_META_GRACE = 2.0
 #: How often ``watch`` checks that a run on this host still has its process.
 LIVENESS_CHECK = 1.0
+#: How often ``watch`` looks at its local copy of ``<run>/status`` (no etcd traffic).
+STATUS_POLL = 0.05
 
 
 class CommandFailed(Exception):
@@ -240,16 +245,6 @@ class Context:
 # -- reading runs -----------------------------------------------------------------
 
 
-def _meta(raw: bytes | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -258,13 +253,14 @@ def _count(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def run_record(run_id: str, leaves: Mapping[str, bytes | None]) -> dict[str, Any]:
+def run_record(run_id: str, leaves: Mapping[str, bytes]) -> dict[str, Any]:
     """The JSON object of one run, from its run-level keys (``status``, ``meta``, flags).
 
+    ``leaves`` is :meth:`StateStore.run_leaves`: leaf name -> value, missing keys left out.
     ``status`` comes from ``<run>/status`` (the plugin's word), else from meta;
     times are epoch seconds as the plugin writes them.
     """
-    meta = _meta(leaves.get("meta"))
+    meta = json_object(leaves.get("meta")) or {}
     raw_status = leaves.get("status")
     status = raw_status.decode("utf-8", "replace").strip() if raw_status is not None else None
     if not status and isinstance(meta.get("status"), str):
@@ -326,14 +322,10 @@ def _attempts(value: object) -> list[dict[str, Any]]:
 
 def read_run(ctx: Context, run_id: str) -> dict[str, Any]:
     """One run's record; :class:`CommandFailed` when no key exists under ``<run>/``."""
-    keys = ctx.keys(run_id)
-    gateway = ctx.store.gateway
-    # Two small reads instead of one over <run>/: that would drag every result along.
-    values = gateway.range(*keys.control_range).as_dict()
-    values.update(gateway.range(keys.status).as_dict())
-    if not values and not ctx.store.run_exists(run_id):
+    leaves = ctx.store.run_leaves(run_id)
+    if not leaves and not ctx.store.run_exists(run_id):
         raise unknown_run(ctx, run_id)
-    return run_record(run_id, {name: values.get(keys.flag(name)) for name in RUN_LEAVES})
+    return run_record(run_id, leaves)
 
 
 def unknown_run(ctx: Context, run_id: str) -> CommandFailed:
@@ -354,10 +346,19 @@ def format_time(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float | None, *, compact: bool = False) -> str:
+    """``H:MM:SS`` (status, watch); ``compact``: ``42s``, ``3m07s``, ``1h02m`` (pause ages)."""
+    if seconds is None:
+        return "-"
     seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    if not compact:
+        hours, rest = divmod(seconds, 3600)
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def format_counts(record: Mapping[str, Any]) -> str:
@@ -397,6 +398,7 @@ def format_line(record: Mapping[str, Any]) -> str:
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart; no trailing blanks."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -680,90 +682,129 @@ class LiveDisplay:
         return Group(*lines)
 
 
-def process_gone(record: Mapping[str, Any]) -> bool:
-    """True when the run's pytest process ran on this host and no longer exists.
+class RunView:
+    """A run's run-level keys, mirrored locally by one etcd watch per range of them.
 
-    Only a same-host check is possible; elsewhere we cannot tell a dead run
-    from a slow test.
+    The ranges are :meth:`StateStore.leaf_ranges`: ``[cancelled, paused\\0)``
+    (flags, lease, meta) and ``status``. One range over all of them would also
+    bring every test's result write here. Waiting wakes on changes of the
+    first; ``status`` alone changes rarely (``PAUSED`` <-> ``RUNNING``), and is
+    looked at in its local copy every :data:`STATUS_POLL` seconds.
     """
-    pid = record["pid"]
-    if not pid or pid <= 0 or record["host"] != socket.gethostname():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists but not ours (EPERM), or not checkable here
-        return False
-    return False
+
+    def __init__(self, store: StateStore, run_id: str) -> None:
+        self.keys = store.keys(run_id)
+        ranges = store.leaf_ranges(run_id)
+        self._initial: list[RangeResult] = [store.gateway.range(*bounds) for bounds in ranges]
+        self._views = [
+            WatchedRange(store.gateway, start, end, on_connection_change=self._connection(i))
+            for i, (start, end) in enumerate(ranges)
+        ]
+        self._on_connection_change: Callable[[bool, BaseException | None], None] | None = None
+        self._down: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def found(self) -> bool:
+        """Whether any run-level key existed when the view was made."""
+        return any(result.kvs for result in self._initial)
+
+    def start(self, on_connection_change: Callable[[bool, BaseException | None], None]) -> None:
+        """Start watching; ``on_connection_change`` hears when etcd is lost and back (once each)."""
+        self._on_connection_change = on_connection_change
+        for view, initial in zip(self._views, self._initial, strict=True):
+            view.start(initial)
+
+    def stop(self) -> None:
+        for view in self._views:
+            view.stop()
+
+    def leaves(self) -> dict[str, bytes]:
+        """The shown run-level keys that exist: name -> value, as :func:`run_record` takes them."""
+        values: dict[str, bytes] = {}
+        for view in self._views:
+            values.update(view.snapshot())
+        return {
+            name: value
+            for name in SHOWN_LEAVES
+            if (value := values.get(self.keys.flag(name))) is not None
+        }
+
+    def wait_until(self, predicate: Callable[[dict[str, bytes]], bool], timeout: float) -> bool:
+        """Block until ``predicate(self.leaves())`` holds; ``False`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        first = self._views[0]
+        while True:
+            step = min(STATUS_POLL, max(0.0, deadline - time.monotonic()))
+            if first.wait_until(lambda _values: predicate(self.leaves()), step):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _connection(self, index: int) -> Callable[[bool, BaseException | None], None]:
+        def changed(connected: bool, error: BaseException | None) -> None:
+            with self._lock:
+                was_down = bool(self._down)
+                if connected:
+                    self._down.discard(index)
+                else:
+                    self._down.add(index)
+                down = bool(self._down)
+            if down != was_down and self._on_connection_change is not None:
+                self._on_connection_change(not down, error)
+
+        return changed
+
+
+def _final(leaves: Mapping[str, bytes]) -> bool:
+    status = leaves.get("status")
+    return status is not None and status.decode("utf-8", "replace").strip() in FINAL_STATUSES
+
+
+def _ended(leaves: Mapping[str, bytes]) -> bool:
+    """The final meta is in (it carries ``ended``)."""
+    return (json_object(leaves.get("meta")) or {}).get("ended") is not None
+
+
+def _changed_from(seen: Mapping[str, bytes]) -> Callable[[Mapping[str, bytes]], bool]:
+    return lambda leaves: leaves != seen
 
 
 def cmd_watch(ctx: Context) -> int:
     """Follow a run through a watched local view of its keys until its status is final."""
     run_id = ctx.args.run_id
-    keys = ctx.keys(run_id)
-    gateway = ctx.store.gateway
-    # [cancelled, status\0) holds every run-level key; results and pauses sit
-    # inside it too, but only cost a predicate call per event.
-    start, end = keys.cancelled, keys.status + "\0"
-    initial = gateway.range(start, end)
-    if not initial.kvs and not ctx.store.run_exists(run_id):
+    view = RunView(ctx.store, run_id)
+    if not view.found and not ctx.store.run_exists(run_id):
         raise unknown_run(ctx, run_id)
-    watched = [keys.flag(name) for name in RUN_LEAVES]
 
     live = ctx.out.isatty() and not ctx.args.json
     display: Display = LiveDisplay(ctx) if live else PlainDisplay(ctx, ctx.args.json)
-    lost = [False]
 
     def on_connection_change(connected: bool, error: BaseException | None) -> None:
-        if not connected and not lost[0]:
-            lost[0] = True
-            display.note(f"lost etcd ({error}); reconnecting, last known state shown")
-        elif connected and lost[0]:
-            lost[0] = False
+        if connected:
             display.note("etcd is back")
+        else:
+            display.note(f"lost etcd ({error}); reconnecting, last known state shown")
 
-    view = WatchedRange(gateway, start, end, on_connection_change=on_connection_change)
-    view.start(initial)
-
-    def state(values: Mapping[str, bytes]) -> tuple[bytes | None, ...]:
-        return tuple(values.get(key) for key in watched)
-
-    def changed_from(
-        seen: tuple[bytes | None, ...],
-    ) -> Callable[[Mapping[str, bytes]], bool]:
-        return lambda values: state(values) != seen
-
-    def record_of(values: Mapping[str, bytes]) -> dict[str, Any]:
-        return run_record(run_id, {name: values.get(keys.flag(name)) for name in RUN_LEAVES})
-
-    def final(values: Mapping[str, bytes]) -> bool:
-        status = values.get(keys.status)
-        return status is not None and status.decode("utf-8", "replace").strip() in FINAL_STATUSES
-
-    def present() -> dict[str, bytes]:
-        return {key: value for key in watched if (value := view.get(key)) is not None}
-
-    def final_meta(values: Mapping[str, bytes]) -> bool:
-        return _meta(values.get(keys.meta)).get("ended") is not None
-
+    view.start(on_connection_change)
     interval = ctx.args.interval
     try:
         with display:
             while True:
-                current = present()
-                if final(current):
-                    view.wait_until(final_meta, FINAL_META_GRACE)
-                    display.show(record_of(present()))
+                current = view.leaves()
+                if _final(current):
+                    view.wait_until(_ended, FINAL_META_GRACE)
+                    display.show(run_record(run_id, view.leaves()))
                     return EXIT_OK
-                record = record_of(current)
+                record = run_record(run_id, current)
                 display.show(record)
                 if interval:
                     # Coalesce changes for `interval` s, but never hold back the end.
-                    view.wait_until(final, interval)
-                changed = changed_from(state(current))
-                while not view.wait_until(changed, LIVENESS_CHECK):
-                    if process_gone(record) and not view.wait_until(final, LIVENESS_CHECK):
+                    view.wait_until(_final, interval)
+                while not view.wait_until(_changed_from(current), LIVENESS_CHECK):
+                    # The meta names the run's process: host, pid (and start time).
+                    owner = json_object(current.get("meta")) or {}
+                    if local_process_dead(owner) and not view.wait_until(_final, LIVENESS_CHECK):
                         raise CommandFailed(
                             f"run {run_id}: its pytest process (pid {record['pid']} on "
                             f"{record['host']}) is gone, but its status is still "
@@ -783,6 +824,84 @@ def watch_arguments(parser: argparse.ArgumentParser) -> None:
         help="show at most one update per SECONDS (default 0.5; the end is shown at once); "
         "updates come from an etcd watch, not from polling",
     )
+
+
+# -- live pauses: pauses, decide ------------------------------------------------------
+
+
+def cmd_pauses(ctx: Context) -> int:
+    args = ctx.args
+    pauses = list_pauses(ctx.store, args.run_id, include_all=args.all)
+    if args.json:
+        ctx.emit_json(pauses)
+        return EXIT_OK
+    if not pauses:
+        ctx.say("taskctl: no pauses" if args.all else "taskctl: no pending pauses")
+        return EXIT_OK
+    header = ["PAUSE_ID", *(["STATE"] if args.all else []), "AGE", "KIND", "NODEID", "TASK"]
+    rows = [header] + [
+        [
+            str(pause["pause_id"]),
+            *([str(pause["state"])] if args.all else []),
+            format_duration(pause.get("age"), compact=True),
+            str(pause.get("kind") or "-"),
+            str(pause.get("nodeid") or "-"),
+            str(pause.get("task") or "-"),
+        ]
+        for pause in pauses
+    ]
+    for line in format_table(rows):
+        ctx.emit(line)
+    return EXIT_OK
+
+
+def pauses_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-a", "--all", action="store_true", help="also decided, timed out, cancelled and stale ones"
+    )
+    parser.add_argument("--run-id", type=run_id_argument, help="only this run's pauses")
+
+
+def cmd_decide(ctx: Context) -> int:
+    args = ctx.args
+    try:
+        record = decide(
+            ctx.store,
+            args.pause_id,
+            failure_reason=args.failure_reason,
+            result=args.result,
+            reason=args.reason,
+        )
+    except PauseError as exc:
+        raise CommandFailed(str(exc)) from None
+    if args.json:
+        ctx.emit_json(record)
+        return EXIT_OK
+    if record.get("kind") == "failure":
+        what = (
+            f"failure reason {record['failure_reason']!r}"
+            if record.get("failure_reason")
+            else "no failure reason"
+        )
+    else:
+        what = f"result {result_token(record.get('result'))}" + (
+            f", reason {record['reason']!r}" if record.get("reason") else ""
+        )
+    ctx.emit(
+        f"decided {record.get('pause_id')} ({record.get('kind')}, {record.get('nodeid')}): {what}"
+    )
+    return EXIT_OK
+
+
+def decide_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pause_id", metavar="PAUSE_ID", help="as `taskctl pauses` shows it")
+    parser.add_argument(
+        "--failure-reason", metavar="TEXT", help="failure pauses: shown in the test's report"
+    )
+    parser.add_argument(
+        "--result", choices=sorted(RESULT_TOKENS), help="checkpoints: what checkpoint() returns"
+    )
+    parser.add_argument("--reason", metavar="TEXT", help="checkpoints: why")
 
 
 # -- server -----------------------------------------------------------------------
@@ -931,15 +1050,21 @@ def default_commands() -> list[Command]:
             arguments=watch_arguments,
             prints_data=True,
         ),
-        *livepause_commands(),
+        Command(
+            "pauses",
+            help="live pauses waiting for a decision (-a: all), oldest first",
+            handler=cmd_pauses,
+            arguments=pauses_arguments,
+            prints_data=True,
+        ),
+        Command(
+            "decide",
+            help="answer a live pause: --failure-reason, or --result/--reason for a checkpoint",
+            handler=cmd_decide,
+            arguments=decide_arguments,
+            prints_data=True,
+        ),
     ]
-
-
-def livepause_commands() -> list[Command]:
-    """``pauses`` and ``decide`` live with the live-pause feature (imported lazily: pytest)."""
-    from .livepause import cli_commands
-
-    return cli_commands()
 
 
 def _unreachable(ctx: Context, detail: str) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pytest
+if TYPE_CHECKING:  # pytest itself is not needed here: `taskctl` starts without it
+    import pytest
 
 #: pytest's word -> ``test.case.result.status`` (OTel semantic conventions).
 RESULT_STATUS = {

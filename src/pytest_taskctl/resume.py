@@ -37,6 +37,8 @@ import pytest
 
 from .keys import RunKeys
 from .outcome import TestOutcome
+from .process import local_process_dead, process_identity
+from .records import json_object
 from .store import (
     EtcdGateway,
     KeyValue,
@@ -64,8 +66,6 @@ RESULT_BATCH_INTERVAL = 0.1
 #: Node ids longer than this (UTF-8 bytes) are keyed and matched by their SHA-256.
 LONG_NODEID = 1024
 RESULTS_FILE = "results.jsonl"
-
-LEASE_STASH = pytest.StashKey["RunLease"]()
 
 
 class RunStillRunning(Exception):
@@ -126,63 +126,7 @@ def passed_identities(records: Sequence[Mapping[str, Any]]) -> set[str]:
     return {identity for identity, record in latest.items() if record.get("status") == "pass"}
 
 
-def _json_object(raw: bytes | str | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-# -- process liveness ---------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, start time in clock ticks)`` of a local process, from /proc; None if unknown."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_identity() -> dict[str, Any]:
-    """Who we are, for lease and pause records: host, pid and (Linux) process start time."""
-    stat = _proc_stat(os.getpid())
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "proc_start": stat[1] if stat else None,
-    }
-
-
-def local_process_dead(owner: Mapping[str, Any]) -> bool:
-    """True when ``owner`` (host, pid, proc_start) ran on this host and is gone.
-
-    Another host's process cannot be checked from here: ``False``. A zombie,
-    or a pid reused by another process (different start time), counts as gone.
-    """
-    pid = owner.get("pid")
-    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
-        return False
-    state, started = stat
-    expected = owner.get("proc_start")
-    return state in ("Z", "X") or (isinstance(expected, int) and expected != started)
+# -- the run's lease ------------------------------------------------------------------
 
 
 def owner_alive(owner: Mapping[str, Any]) -> bool:
@@ -195,9 +139,6 @@ def owner_alive(owner: Mapping[str, Any]) -> bool:
     if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
         return False
     return not local_process_dead(owner)
-
-
-# -- the run's lease ------------------------------------------------------------------
 
 
 class RunLease:
@@ -306,7 +247,7 @@ class LocalRecord:
         except OSError:
             return 0, []
         for line in lines:
-            record = _json_object(line)
+            record = json_object(line)
             if record is None:
                 continue
             if record.get("type") == "attempt":
@@ -443,8 +384,11 @@ class ResumePlugin:
         self.to_run = 0
         self.nothing_left = False
         self.counts = {"passed": 0, "failed": 0, "skipped": 0}
-        self._lock = threading.Lock()
-        self._attempts: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # counts, to_run, the entry: tests end on several threads
+        #: Earlier attempts (from the previous meta, --resume) and this attempt's entry,
+        #: which is replaced, never mutated: the publisher may be serializing it.
+        self._earlier_attempts: list[dict[str, Any]] = []
+        self._entry: dict[str, Any] | None = None
         if self.records:
             run.start_hooks.append(self._on_start)
             run.close_hooks.append(self._on_close)
@@ -486,16 +430,13 @@ class ResumePlugin:
             "counts": dict(self.counts),
         }
         if self.source == "etcd" and previous_meta is not None:
-            self._attempts = [*_closed_attempts(previous_meta), entry]
-        else:
-            self._attempts = [entry]
+            self._earlier_attempts = _closed_attempts(previous_meta)
+        self._entry = entry
         tracer = run.tracer
         if tracer is not None:
             tracer.session_span.set_attribute("pytest.run.attempt", self.attempt)
             tracer.session_span.set_attribute("pytest.run.resumed", self.resume)
-        # Every key this plugin updates later exists from the start: the progress
-        # thread serializes meta concurrently, and replacing a value is safe there.
-        return {"attempt": self.attempt, "attempts": self._attempts, "left": None}
+        return {"attempt": self.attempt, "attempts": [*self._earlier_attempts, entry], "left": None}
 
     def _take_run(self, gateway: EtcdGateway) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Take the lease (refusing a live run); return the previous meta and, with --resume,
@@ -505,7 +446,7 @@ class ResumePlugin:
             # "lease" < "meta" and no other key of the layout sorts between them.
             found = {kv.key: kv for kv in gateway.range(key, self.keys.meta + "\0").kvs}
             holder = found.get(key)
-            owner = _json_object(holder.value) if holder is not None else None
+            owner = json_object(holder.value) if holder is not None else None
             if holder is not None and owner_alive(owner or {}):
                 raise RunStillRunning(
                     _still_running_message(self.keys.run_id, owner or {}, self.resume)
@@ -519,15 +460,14 @@ class ResumePlugin:
                 f"run {self.keys.run_id} was started by another process at the same moment; "
                 "refusing to run it twice"
             )
-        self.config.stash[LEASE_STASH] = self.lease
         meta_kv = found.get(self.keys.meta)
-        previous_meta = _json_object(meta_kv.value) if meta_kv is not None else None
+        previous_meta = json_object(meta_kv.value) if meta_kv is not None else None
         if not self.resume:
             if previous_meta is not None:
                 gateway.delete(self.keys.results, prefix=True)  # a new run starts over
             return previous_meta, []
         results = gateway.range(self.keys.results, prefix_end(self.keys.results)).kvs
-        records = [r for r in (_json_object(kv.value) for kv in results) if r is not None]
+        records = [r for r in (json_object(kv.value) for kv in results) if r is not None]
         return previous_meta, records
 
     def _on_close(self, run: TaskRun) -> None:
@@ -545,7 +485,7 @@ class ResumePlugin:
             if gateway is not None:
                 try:
                     kvs = gateway.range(self.keys.results, prefix_end(self.keys.results)).kvs
-                    records = [r for r in (_json_object(kv.value) for kv in kvs) if r]
+                    records = [r for r in (json_object(kv.value) for kv in kvs) if r]
                     self._passed = passed_identities(records)
                 except Exception as exc:
                     log.warning("taskctl: could not read earlier results: %s", exc)
@@ -573,23 +513,25 @@ class ResumePlugin:
 
     @pytest.hookimpl(tryfirst=True)  # before the terminal reporter asks for the lines below
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.to_run = len(session.items)
-        if self._attempts:
-            self._update_entry(
-                collected=self.to_run + self.deselected,
-                deselected=self.deselected,
-                to_run=self.to_run,
-            )
-            self.run.control.meta["left"] = self.to_run
+        with self._lock:
+            self.to_run = len(session.items)
+            if self._entry is not None:
+                self._update_attempt(
+                    left=self.to_run,
+                    collected=self.to_run + self.deselected,
+                    deselected=self.deselected,
+                    to_run=self.to_run,
+                )
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:
         """pytest-xdist controller: what the workers kept after deselecting."""
-        if len(ids) > self.to_run:
+        with self._lock:
+            if len(ids) <= self.to_run:
+                return
             self.to_run = len(ids)
-            if self._attempts:
-                self._update_entry(to_run=self.to_run)
-                self.run.control.meta["left"] = self.to_run - self.counts["passed"]
+            if self._entry is not None:
+                self._update_attempt(left=self.to_run - self.counts["passed"], to_run=self.to_run)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         if not self.resume:
@@ -622,21 +564,27 @@ class ResumePlugin:
         """Queue the test's result (TaskRun calls this once its teardown report is in)."""
         with self._lock:
             self.counts[outcome.counter] += 1
-            counts = dict(self.counts)
+            if self._entry is not None:
+                left = self.to_run - self.counts["passed"] if self.to_run else None
+                self._update_attempt(left=left, counts=dict(self.counts))
         if self.sink is not None:
             self.sink.add(
                 result_key(self.keys, nodeid), result_record(nodeid, outcome, self.attempt)
             )
-        if self._attempts:
-            self._update_entry(counts=counts)
-            if self.to_run:
-                self.run.control.meta["left"] = self.to_run - counts["passed"]
 
-    def _update_entry(self, **fields: Any) -> None:
-        """Replace (never mutate) the current attempt's entry: meta may be serialized meanwhile."""
-        entry = {**self._attempts[-1], **fields}
-        self._attempts = [*self._attempts[:-1], entry]
-        self.run.control.meta["attempts"] = self._attempts
+    def _update_attempt(self, left: int | None = None, **fields: Any) -> None:
+        """Replace this attempt's entry (and ``left``, if given) in the run's meta.
+
+        Call with ``self._lock`` held and ``self._entry`` set: with ``--thread``
+        tests finish at once, and an older entry must never replace a newer one.
+        One small dict and list per call, whatever the test count.
+        """
+        assert self._entry is not None
+        self._entry = {**self._entry, **fields}
+        meta: dict[str, Any] = {"attempts": [*self._earlier_attempts, self._entry]}
+        if left is not None:
+            meta["left"] = left
+        self.run.control.update_meta(**meta)
 
     # -- end -------------------------------------------------------------------------
 
@@ -649,8 +597,10 @@ class ResumePlugin:
         if self.nothing_left and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             # Everything passed earlier: the run is complete, not "no tests collected".
             session.exitstatus = pytest.ExitCode.OK
-        if self._attempts:
-            self._update_entry(ended=round(time.time(), 3), status=_end_status(self.run, session))
+        if self._entry is not None:
+            status = _end_status(self.run, session)
+            with self._lock:
+                self._update_attempt(ended=round(time.time(), 3), status=status)
         if self.sink is not None:
             self.sink.close()  # before run.finish closes the writer
         return (yield)

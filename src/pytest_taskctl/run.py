@@ -28,6 +28,7 @@ from .control import CANCEL_REASON, RunControl
 from .keys import InvalidRunId, RunKeys, validate_run_id
 from .logs import RunLog, parse_level
 from .outcome import TestOutcome
+from .process import process_identity
 from .settings import EtcdSettings, SettingError, resolve_prefix
 from .store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
 from .tracing import (
@@ -288,8 +289,7 @@ class TaskRun:
         return {
             "run_id": self.settings.run_id,
             "started": time.time(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            **process_identity(),  # host, pid, proc_start: tells a dead run from a live one
             "argv": redact_argv(argv),
             "cwd": os.getcwd(),
             "trace_id": f"{session.trace_id:032x}",

@@ -41,6 +41,7 @@ from .keys import (
     runs_root,
     validate_run_id,
 )
+from .records import json_object
 from .settings import Endpoint, EtcdSettings, parse_endpoints
 
 log = logging.getLogger("pytest_taskctl.store")
@@ -763,8 +764,6 @@ class StateStore:
         self.gateway.put(self.keys(run_id).status, status)
 
     def get_meta(self, run_id: str) -> dict[str, Any] | None:
-        from .records import json_object
-
         return json_object(self.gateway.get(self.keys(run_id).meta))
 
     # -- runs -------------------------------------------------------------------
@@ -772,7 +771,7 @@ class StateStore:
     def run_exists(self, run_id: str) -> bool:
         """Whether any key exists under ``<run>/`` (also only results or pauses)."""
         root = self.keys(run_id).root + "/"
-        return bool(self._keys(root, prefix_end(root), limit=1)[0])
+        return bool(self._key_names(root, prefix_end(root), limit=1)[0])
 
     def run_ids(self) -> list[str]:
         """Ids of the runs under the prefix (any key under ``<run>/``), in key order.
@@ -785,7 +784,7 @@ class StateStore:
         cursor = root
         ids: list[str] = []
         while True:
-            keys, more = self._keys(cursor, end, limit=self.RUN_IDS_PAGE)
+            keys, more = self._key_names(cursor, end, limit=self.RUN_IDS_PAGE)
             for key in keys:
                 run_id, slash, _ = key[len(root) :].partition("/")
                 if run_id and (not ids or ids[-1] != run_id):
@@ -797,29 +796,37 @@ class StateStore:
             cursor = prefix_end(f"{root}{run_id}/") if slash else keys[-1] + "\0"
 
     def leaf_ranges(self, run_id: str) -> list[tuple[str, str | None]]:
-        """The key ranges that hold a run's run-level keys (:data:`RUN_LEAVES`) and no other.
+        """The key ranges that hold a run's run-level keys (:attr:`RUN_LEAVES`) and no other.
 
         ``cancelled`` < ``lease`` < ``meta`` < ``paused`` are adjacent; ``status``
         sorts after ``pauses/`` and ``results/`` and needs a range of its own.
         """
-        keys = self.keys(run_id)
+        return self._leaf_ranges(self.keys(run_id))
+
+    @staticmethod
+    def _leaf_ranges(keys: RunKeys) -> list[tuple[str, str | None]]:
         start, end = keys.control_range
         return [(start, end), (keys.status, None)]
 
     def run_leaves(self, run_id: str) -> dict[str, bytes]:
         """``{"status": b"...", "meta": b"...", ...}``: the run-level keys that exist.
 
-        Read in one transaction, so status and meta come from the same revision;
+        One transaction, so status and meta come from the same revision;
         results and pauses are never read.
         """
-        return self.runs_leaves([run_id]).get(run_id, {})
+        return self.runs_leaves([validate_run_id(run_id)]).get(run_id, {})
 
     def runs_leaves(self, run_ids: list[str]) -> dict[str, dict[str, bytes]]:
-        """:meth:`run_leaves` of many runs, a few transactions for all of them."""
+        """:meth:`run_leaves` of many runs (e.g. :meth:`run_ids`), in a few transactions.
+
+        Ids are taken as listed, not validated: whatever is in etcd is shown.
+        """
         ranges = [
-            (run_id, start, end) for run_id in run_ids for start, end in self.leaf_ranges(run_id)
+            (keys, start, end)
+            for keys in (RunKeys(self.prefix, run_id) for run_id in run_ids)
+            for start, end in self._leaf_ranges(keys)
         ]
-        leaves: dict[str, dict[str, bytes]] = {}
+        leaves: dict[str, dict[str, bytes]] = {run_id: {} for run_id in run_ids}
         for first in range(0, len(ranges), MAX_TXN_OPS):
             chunk = ranges[first : first + MAX_TXN_OPS]
             ops = [
@@ -827,14 +834,12 @@ class StateStore:
                 for _, start, end in chunk
             ]
             responses = self.gateway.call("/kv/txn", {"success": ops}).get("responses", [])
-            for (run_id, _, _), response in zip(chunk, responses, strict=True):
-                found = leaves.setdefault(run_id, {})
-                root = self.keys(run_id).root + "/"
+            for (keys, _, _), response in zip(chunk, responses, strict=True):
                 for raw in response.get("response_range", {}).get("kvs", ()):
                     kv = _kv(raw)
-                    name = kv.key[len(root) :]
+                    name = kv.key.removeprefix(keys.root + "/")
                     if name in self.RUN_LEAVES:
-                        found[name] = kv.value
+                        leaves[keys.run_id][name] = kv.value
         return leaves
 
     def list_runs(self) -> dict[str, dict[str, bytes]]:
@@ -846,7 +851,7 @@ class StateStore:
         runs = self.runs_leaves(self.run_ids())
         return {run_id: leaves for run_id, leaves in runs.items() if leaves}
 
-    def _keys(self, start: str, end: str, limit: int) -> tuple[list[str], bool]:
+    def _key_names(self, start: str, end: str, limit: int) -> tuple[list[str], bool]:
         """Up to ``limit`` key names in ``[start, end)``, and whether more follow."""
         response = self.gateway.call(
             "/kv/range",

@@ -1,0 +1,21 @@
+"""Decoding the JSON records kept in etcd and in ``results.jsonl``.
+
+Anything may sit in a key (a person with ``etcdctl``, an older version, a
+torn write), so readers never raise on a bad value: they get ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def json_object(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The JSON object in ``raw``; ``None`` when missing, empty, not JSON or not an object."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
