@@ -566,3 +566,37 @@ def test_sigterm_lets_running_tests_end_and_starts_nothing(
     assert run.ended("one") and run.ended("two")
     assert not run.started("three")
     assert etcdctl.get(f"{prefix}/runs/t-term/status") == "INTERRUPTED"
+
+
+def test_session_fixture_outlives_a_module_still_tearing_down(ptr: pytest.Pytester) -> None:
+    """Ending the last test elsewhere must not tear the session down under a live module."""
+    ptr.makeconftest(
+        """
+import threading, pytest
+order = []
+session_ending = threading.Event()
+
+@pytest.fixture(scope="session")
+def login():
+    yield
+    session_ending.set()
+    order.append("teardown login")
+
+@pytest.fixture(scope="module")
+def slow_conn(login):
+    yield
+    # Give a wrong implementation the chance to tear the session down meanwhile.
+    session_ending.wait(1.0)
+    order.append("teardown slow_conn")
+
+def pytest_sessionfinish(session):
+    assert order == ["teardown slow_conn", "teardown login"], order
+"""
+    )
+    ptr.makepyfile(
+        test_a="def test_a(slow_conn): pass\n",
+        test_b="import time\ndef test_b(login): time.sleep(0.2)\n",
+    )
+    result = ptr.runpytest("--thread", "2", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0, result.stdout.str()

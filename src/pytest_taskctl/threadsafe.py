@@ -188,13 +188,16 @@ class ConcurrentSetupState:
             with self._lock:
                 finalizers = self._items.pop(item, [])
             _run_finalizers(item, finalizers, errors)
-            ended = []
-            with self._lock:
-                for collector in reversed(item.listchain()[:-1]):
+            # Innermost first, and a collector's last reference is released only
+            # after its child is torn down: another thread ending the session's
+            # last test must not tear the session down under our module.
+            for collector in reversed(item.listchain()[:-1]):
+                with self._lock:
                     self._users[collector] -= 1
-                    if self._users[collector] <= 0 and collector in self._collectors:
-                        ended.append(collector)
-            self._teardown_collectors(ended, errors)
+                    last = self._users[collector] <= 0 and collector in self._collectors
+                if last:
+                    self._finish_collector(collector, errors)
+            _raise_teardown_errors(errors)
         finally:
             self._current_test.hold(item)
 
@@ -204,12 +207,15 @@ class ConcurrentSetupState:
         raise_here = errors is None
         errors = [] if errors is None else errors
         for collector in collectors:
-            with self._lock:
-                state = self._collectors.pop(collector, None)
-            if state is not None:
-                _run_finalizers(collector, state.finalizers, errors)
+            self._finish_collector(collector, errors)
         if raise_here or errors:
             _raise_teardown_errors(errors)
+
+    def _finish_collector(self, collector: Node, errors: list[BaseException]) -> None:
+        with self._lock:
+            state = self._collectors.pop(collector, None)
+        if state is not None:
+            _run_finalizers(collector, state.finalizers, errors)
 
 
 def _run_finalizers(
