@@ -107,7 +107,6 @@ def _etcd_up(endpoint: str) -> bool:
 def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     store = StateStore(endpoint, PREFIX)
     etcdctl = etcd_binary("etcdctl")
-    paused_key = f"{PREFIX}/runs/{run_id}/paused"
 
     step(f"Run the example suite as run {run_id}")
     pytest_args = [
@@ -124,6 +123,19 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
         pytest_args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     pump = stream(process)
+    try:
+        return _pause_and_resume(run_id, store, etcdctl, env, process, pump)
+    finally:
+        if process.poll() is None:  # the demo failed half-way: do not leave a paused run behind
+            process.kill()
+            process.wait()
+        store.close()
+
+
+def _pause_and_resume(  # type: ignore[no-untyped-def]
+    run_id: str, store: StateStore, etcdctl: str, env: dict[str, str], process, pump
+) -> int:
+    paused_key = f"{PREFIX}/runs/{run_id}/paused"
 
     def passed() -> int:
         meta = store.get_meta(run_id) or {}
@@ -168,7 +180,6 @@ def _demo(run_id: str, endpoint: str, env: dict[str, str]) -> int:
     for span in spans[:3]:
         console.print(f"  trace {span['traceId']}  {span['name']}", markup=False)
     run_command([str(BIN / "taskctl"), "status", run_id], env)
-    store.close()
     console.print(
         f"\n[bold green]Demo finished[/] (pytest exit code {code}). "
         "Send these traces to Jaeger: see docs/stack.md."

@@ -37,7 +37,7 @@ def sdk_disabled(environ: Mapping[str, str]) -> bool:
 
 
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
-EXPORT_DEADLINE = 2.0
+EXPORT_DEADLINE = 1.5  # leaves room for exporter start-up within the ~2 s promise
 
 #: test.suite.run.status for each end status of a run.
 SUITE_STATUS = {
