@@ -357,7 +357,9 @@ class TaskRun:
         if self.writer is not None:
             self.writes_landed = self.writer.close(timeout=EXPORT_DEADLINE)
             if not self.writes_landed:
-                log.warning("etcd did not take the final status/results within 2 s")
+                log.warning(
+                    "etcd did not take the final status/results within %s s", EXPORT_DEADLINE
+                )
         for hook in self.close_hooks:
             try:
                 hook(self)
@@ -371,7 +373,9 @@ class TaskRun:
         if self.tracer is not None:
             self.tracer.end_session(status, attributes)
             if not self.tracer.shutdown(deadline - time.monotonic()):
-                log.warning("span export did not finish within 2 s; traces.jsonl is complete")
+                log.warning(
+                    "span export unfinished after %s s; traces.jsonl is complete", EXPORT_DEADLINE
+                )
         self._restore_sigterm()
         self.runlog.stop()
         if logs_flushing is not None:
