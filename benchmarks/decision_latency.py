@@ -331,11 +331,12 @@ def measure_cost(tmp: Path, env: dict[str, str], tests: int, runs: int) -> str:
 
 
 def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
-    """The per-test work on the test's thread, in-process: a test's three reports folded,
-    its record built and queued, the attempt's counts in meta updated. The sink's thread
-    writes to etcd meanwhile, as in a run."""
+    """The per-test work on the test's thread, in-process: a test's three reports folded
+    (as TaskRun does), its record built and queued, the attempt's counts in meta updated.
+    The sink's thread writes to etcd meanwhile, as in a run."""
     import pytest
 
+    from pytest_taskctl.outcome import TestOutcome
     from pytest_taskctl.resume import LocalRecord, ResultSink, ResumePlugin
     from pytest_taskctl.store import KeyWriter
 
@@ -345,7 +346,8 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
         is_worker=False,
         start_hooks=[],
         close_hooks=[],
-        control=SimpleNamespace(meta={}),
+        finished_hooks=[],
+        control=SimpleNamespace(meta={}, update_meta=lambda **fields: None),
     )
     plugin = ResumePlugin(SimpleNamespace(option=SimpleNamespace(taskctl_resume=False)), run)  # type: ignore[arg-type]
     writer = KeyWriter(store.gateway)
@@ -371,8 +373,10 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
     ]
     started = time.perf_counter()
     for triple in reports:
+        outcome = TestOutcome()
         for report in triple:
-            plugin.pytest_runtest_logreport(report)
+            outcome.record(report)
+        plugin._on_test_finished(triple[0].nodeid, outcome)
     elapsed = time.perf_counter() - started
     plugin.sink.close()
     landed = writer.close(5.0)

@@ -188,3 +188,20 @@ def otlp_receiver() -> Iterator[tuple[OTLPReceiver, str]]:
     server.start()
     yield receiver, f"http://127.0.0.1:{port}"
     server.stop(grace=None)
+
+
+@pytest.fixture
+def suite(tmp_path: Path, taskctl_env: dict[str, str]) -> Iterator[Callable[..., object]]:
+    """Start gated pytest subprocesses (tests/suites.py); killed at the end if still running."""
+    from .suites import RunningSuite, suite_env  # suites imports this module
+
+    made: list[RunningSuite] = []
+
+    def make(names: list[str], gates: list[str], run_id: str = "run-1", *args: str) -> RunningSuite:
+        running = RunningSuite(tmp_path, suite_env(taskctl_env), names, gates, run_id, args)
+        made.append(running.start())
+        return running
+
+    yield make
+    for running in made:
+        running.kill()

@@ -118,6 +118,12 @@ class RunningSuite:
             raise AssertionError("pytest run did not finish:\n" + self.output) from None
         return self.output
 
+    def kill(self) -> None:
+        """End the run if it is still going (a failed test must not leave it behind)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     @property
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.returncode

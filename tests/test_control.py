@@ -14,22 +14,6 @@ from .conftest import INNER_INI, Etcdctl, wait_for
 from .suites import RunningSuite, suite_env
 
 
-@pytest.fixture
-def suite(tmp_path: Path, taskctl_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    made: list[RunningSuite] = []
-
-    def make(names: list[str], gates: list[str], run_id: str = "run-1", *args: str) -> RunningSuite:
-        running = RunningSuite(tmp_path, suite_env(taskctl_env), names, gates, run_id, args)
-        made.append(running.start())
-        return running
-
-    yield make
-    for running in made:
-        if running.returncode is None and running.process is not None:
-            running.process.kill()
-            running.process.wait()
-
-
 def status_of(etcdctl: Etcdctl, prefix: str, run_id: str = "run-1") -> str | None:
     return etcdctl.get(f"{prefix}/runs/{run_id}/status")
 
@@ -181,9 +165,7 @@ def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str
         ctl("del", f"{prefix}/runs/lost-1/paused")
         output = run.finish()
     finally:
-        if run.returncode is None and run.process is not None:
-            run.process.kill()
-            run.process.wait()
+        run.kill()
     assert run.returncode == 0, output
     assert "4 passed" in output
     assert "etcd connection was lost" in output

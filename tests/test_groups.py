@@ -14,7 +14,7 @@ import re
 import signal
 import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 from pytest_taskctl.groups import GROUP_MARKER, Schedule, group_keys, runs_alone
 
 from .conftest import INNER_INI, Etcdctl, wait_for
-from .suites import RunningSuite, suite_env
+from .suites import RunningSuite
 
 #: Inner conftest: start/end events of every test, barriers as session fixtures.
 EVENTS_CONFTEST = """
@@ -493,20 +493,11 @@ MakeSuite = Callable[[list[str], list[str], str], RunningSuite]
 
 
 @pytest.fixture
-def threaded_suite(tmp_path: Path, taskctl_env: dict[str, str]) -> Iterator[MakeSuite]:
-    made: list[RunningSuite] = []
-
+def threaded_suite(suite: Callable[..., RunningSuite]) -> MakeSuite:
     def make(names: list[str], gates: list[str], run_id: str) -> RunningSuite:
-        args = ("--thread", "2", "--group-unit", "function")
-        running = RunningSuite(tmp_path, suite_env(taskctl_env), names, gates, run_id, args)
-        made.append(running.start())
-        return running
+        return suite(names, gates, run_id, "--thread", "2", "--group-unit", "function")
 
-    yield make
-    for running in made:
-        if running.returncode is None and running.process is not None:
-            running.process.kill()
-            running.process.wait()
+    return make
 
 
 NAMES = ["one", "two", "three", "four", "five"]
