@@ -24,7 +24,7 @@ import pytest
 from pytest_taskctl import StateStore, cli
 from pytest_taskctl.keys import RUN_ID_PATTERN, RunKeys
 from pytest_taskctl.server import EmbeddedEtcd, free_port, port_in_use
-from pytest_taskctl.store import EtcdUnavailable
+from pytest_taskctl.store import EtcdGateway, EtcdUnavailable
 
 from .conftest import Etcdctl, wait_for
 from .suites import RunningSuite, suite_env
@@ -293,7 +293,7 @@ def test_runs_on_an_empty_prefix(run_cli: CliRunner) -> None:
 
 
 def test_runs_finds_every_run_without_reading_results(
-    run_cli: CliRunner, store: StateStore, monkeypatch: pytest.MonkeyPatch
+    run_cli: CliRunner, store: StateStore
 ) -> None:
     """Run ids come from a keys-only listing; only the run-level keys are read with values."""
     for run_id in ("foo", "foo-bar", "foo.1", "foo0", "zz"):  # '-' and '.' sort before '/'
@@ -303,16 +303,20 @@ def test_runs_finds_every_run_without_reading_results(
         store.gateway.put(store.keys("foo").result(f"t.py::test_{n}"), result_value)
     store.gateway.put(store.keys("only-results").result("t.py::a"), result_value)
     store.gateway.put(store.keys("leased").flag("lease"), "{}")
-    monkeypatch.setattr(StateStore, "RUN_IDS_PAGE", 3)  # pages end inside foo's results
-
     responses: list[Any] = []
-    real_call = store.gateway.call
 
-    def call(method: str, data: Any, timeout: float | None = None) -> Any:
-        responses.append(real_call(method, data, timeout))
-        return responses[-1]
+    class RecordingGateway(EtcdGateway):
+        """The real gateway to the real etcd, keeping every response it got."""
 
-    monkeypatch.setattr(store.gateway, "call", call)
+        def call(self, method: str, data: Any, timeout: float | None = None) -> Any:
+            responses.append(super().call(method, data, timeout))
+            return responses[-1]
+
+    class SmallPages(StateStore):
+        RUN_IDS_PAGE = 3  # pages end inside foo's results
+
+    gateway = RecordingGateway(store.gateway._client, store.settings)
+    store = SmallPages(store.settings, store.prefix, gateway=gateway)
     assert store.run_ids() == ["foo-bar", "foo.1", "foo", "foo0", "leased", "only-results", "zz"]
     runs = store.list_runs()
     assert sorted(runs) == ["foo", "foo-bar", "foo.1", "foo0", "leased", "zz"]

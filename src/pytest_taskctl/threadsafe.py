@@ -92,6 +92,8 @@ class CurrentTestVar:
     def hold(self, item: pytest.Item) -> None:
         self._lock.acquire()
         self._local.held = True
+        # pytest's own variable, which pytest sets in every phase and is about to
+        # pop: we only make sure it is there for that pop (no variable of ours).
         os.environ[CURRENT_TEST_VAR] = f"{item.nodeid} (teardown)"
 
     def release(self) -> None:
