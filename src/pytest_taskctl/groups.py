@@ -21,7 +21,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import Generator, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from _pytest.nodes import Node
 from _pytest.runner import runtestprotocol
 from _pytest.scope import Scope
 
-from .threadsafe import CurrentTestVar, runs_alone, thread_safe_pytest, worker_state
+from .threadsafe import runs_alone, thread_safe_pytest, worker_state
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -279,7 +279,6 @@ class GroupRunner:
     def __init__(self, settings: GroupSettings) -> None:
         self.settings = settings
         self._report_lock = threading.Lock()
-        self._current_test = CurrentTestVar()
         self._loop: _Loop | None = None
 
     def pytest_report_header(self) -> list[str]:
@@ -309,7 +308,7 @@ class GroupRunner:
             )
             for number in range(min(self.settings.threads, len(items)))
         ]
-        with thread_safe_pytest(session, self._current_test):
+        with thread_safe_pytest(session):
             try:
                 for thread in threads:
                     thread.start()
@@ -408,10 +407,3 @@ class GroupRunner:
                 loop.in_test -= 1
                 loop.in_test_changed.notify_all()
         return True
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
-        try:
-            return (yield)
-        finally:
-            self._current_test.release()

@@ -75,31 +75,30 @@ class _CollectorState:
     error: tuple[BaseException, Any] | None = None
 
 
-class CurrentTestVar:
-    """Serializes pytest's ``os.environ.pop("PYTEST_CURRENT_TEST")`` at the end of teardown.
+@contextlib.contextmanager
+def tolerant_current_test_var() -> Iterator[None]:
+    """Let pytest's pop of ``PYTEST_CURRENT_TEST`` tolerate another thread's pop.
 
-    pytest sets the variable in each phase and pops it (no default) right
-    after ``teardown_exact``; two threads ending at once would make the
-    second pop raise ``KeyError``. :meth:`hold` (end of ``teardown_exact``)
-    takes a lock and sets the variable, pytest pops it, and the
-    ``pytest_runtest_teardown`` wrapper calls :meth:`release`.
+    pytest sets the variable in every phase and pops it (no default) after
+    each teardown; two tests ending at once would make the second pop raise
+    ``KeyError``. During the loop, pytest's helper pops with a default; it
+    still sets the variable exactly as before.
     """
+    import _pytest.runner as runner
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._local = threading.local()
+    original = runner._update_current_test_var
 
-    def hold(self, item: pytest.Item) -> None:
-        self._lock.acquire()
-        self._local.held = True
-        # pytest's own variable, which pytest sets in every phase and is about to
-        # pop: we only make sure it is there for that pop (no variable of ours).
-        os.environ[CURRENT_TEST_VAR] = f"{item.nodeid} (teardown)"
+    def update(item: pytest.Item, when: Any) -> None:
+        if when is None:
+            os.environ.pop(CURRENT_TEST_VAR, None)
+        else:
+            original(item, when)
 
-    def release(self) -> None:
-        if getattr(self._local, "held", False):
-            self._local.held = False
-            self._lock.release()
+    runner._update_current_test_var = update
+    try:
+        yield
+    finally:
+        runner._update_current_test_var = original
 
 
 class ConcurrentSetupState:
@@ -113,7 +112,7 @@ class ConcurrentSetupState:
     own node and its finalizers belong to the thread running it.
     """
 
-    def __init__(self, items: Iterable[pytest.Item], current_test: CurrentTestVar) -> None:
+    def __init__(self, items: Iterable[pytest.Item]) -> None:
         self._users: Counter[Node] = Counter()
         for item in items:
             self._users.update(item.listchain()[:-1])
@@ -122,7 +121,6 @@ class ConcurrentSetupState:
         self._items: dict[Node, list[Callable[[], object]]] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._current_test = current_test
 
     @property
     def stack(self) -> dict[Node, None]:
@@ -185,23 +183,20 @@ class ConcurrentSetupState:
         if getattr(self._local, "torn_down", None) is item:
             return
         self._local.torn_down = item
-        try:
-            errors: list[BaseException] = []
+        errors: list[BaseException] = []
+        with self._lock:
+            finalizers = self._items.pop(item, [])
+        _run_finalizers(item, finalizers, errors)
+        # Innermost first, and a collector's last reference is released only
+        # after its child is torn down: another thread ending the session's
+        # last test must not tear the session down under our module.
+        for collector in reversed(item.listchain()[:-1]):
             with self._lock:
-                finalizers = self._items.pop(item, [])
-            _run_finalizers(item, finalizers, errors)
-            # Innermost first, and a collector's last reference is released only
-            # after its child is torn down: another thread ending the session's
-            # last test must not tear the session down under our module.
-            for collector in reversed(item.listchain()[:-1]):
-                with self._lock:
-                    self._users[collector] -= 1
-                    last = self._users[collector] <= 0 and collector in self._collectors
-                if last:
-                    self._finish_collector(collector, errors)
-            _raise_teardown_errors(errors)
-        finally:
-            self._current_test.hold(item)
+                self._users[collector] -= 1
+                last = self._users[collector] <= 0 and collector in self._collectors
+            if last:
+                self._finish_collector(collector, errors)
+        _raise_teardown_errors(errors)
 
     def _teardown_collectors(
         self, collectors: list[Node], errors: list[BaseException] | None = None
@@ -615,14 +610,15 @@ def make_tmp_path_base(session: pytest.Session) -> None:
 
 
 @contextlib.contextmanager
-def thread_safe_pytest(session: pytest.Session, current_test: CurrentTestVar) -> Iterator[None]:
+def thread_safe_pytest(session: pytest.Session) -> Iterator[None]:
     """Replace pytest's one-test-at-a-time state with the thread-aware stand-ins above."""
     # The SetupState stays after the loop: pytest_sessionfinish tears down through it.
-    session._setupstate = ConcurrentSetupState(session.items, current_test)  # type: ignore[assignment]
+    session._setupstate = ConcurrentSetupState(session.items)  # type: ignore[assignment]
     cache_fixtures_per_node(session)
     make_tmp_path_base(session)
     with contextlib.ExitStack() as stack:
         stack.enter_context(capture_per_thread(session.config))
         stack.enter_context(log_capture_per_thread(session.config))
         stack.enter_context(ThreadWarnings(session.config).installed())
+        stack.enter_context(tolerant_current_test_var())
         yield
