@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -175,3 +176,13 @@ def etcdctl(binary: str, endpoint: str, *args: str, timeout: float = 20) -> str:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def report_end(bad: list[str], started: float) -> int:
+    """Print the bad runs (if any) and the total time; the script's exit code."""
+    if bad:
+        print("\n### Bad runs\n")
+        for line in bad:
+            print(f"- {line}")
+    print(f"\nTotal benchmark time {time.monotonic() - started:.0f} s.")
+    return 1 if bad else 0

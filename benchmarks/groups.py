@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     markdown_table,
     median,
     remove_tree,
+    report_end,
 )
 
 from pytest_taskctl.server import EmbeddedEtcd, free_port  # noqa: E402
@@ -194,12 +195,7 @@ def main() -> int:
             f"faster than `xdist -n {n}`: "
             f"{'yes' if median(threaded.walls) < median(xdist.walls) else 'NO'} (wall)."
         )
-        if bad:
-            print("\n### Bad runs\n")
-            for line in bad:
-                print(f"- {line}")
-        print(f"\nTotal benchmark time {time.monotonic() - started:.0f} s.")
-        return 1 if bad else 0
+        return report_end(bad, started)
     finally:
         etcd.stop()
         if options.keep:

@@ -49,6 +49,7 @@ from _common import (  # noqa: E402
     machine_line,
     markdown_table,
     median,
+    report_end,
 )
 
 from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port  # noqa: E402
@@ -636,12 +637,7 @@ def main() -> int:
                 )
         print(markdown_table(["what", "value", "check"], sanity))
         bad = problems(runnable) + problems([v1 for _, v1 in small], " (1-test suite)")
-        if bad:
-            print("\n### Bad runs\n")
-            for line in bad:
-                print(f"- {line}")
-        print(f"\nTotal benchmark time {time.monotonic() - started:.0f} s.")
-        return 1 if bad else 0
+        return report_end(bad, started)
     finally:
         if receiver is not None:
             receiver.stop()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import etcd3  # noqa: F401 - imported once here so pytester's in-process runs share it
 import grpc
@@ -114,6 +115,13 @@ def ptr(
     monkeypatch.setenv("PYTEST_TASKCTL_PREFIX", prefix)
     pytester.makeini(INNER_INI)
     return pytester
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Kill a child that is still running (a failed test must not leave it behind)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def wait_for(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import INNER_INI, wait_for
+from .conftest import INNER_INI, stop_process, wait_for
 
 TEST_TEMPLATE = """
 def test_{name}():
@@ -120,9 +120,8 @@ class RunningSuite:
 
     def kill(self) -> None:
         """End the run if it is still going (a failed test must not leave it behind)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     @property
     def returncode(self) -> int | None:

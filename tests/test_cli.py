@@ -26,7 +26,7 @@ from pytest_taskctl.keys import RUN_ID_PATTERN, RunKeys
 from pytest_taskctl.server import EmbeddedEtcd, free_port, port_in_use
 from pytest_taskctl.store import EtcdGateway, EtcdUnavailable
 
-from .conftest import Etcdctl, wait_for
+from .conftest import Etcdctl, stop_process, wait_for
 from .suites import RunningSuite, suite_env
 
 TASKCTL = Path(sys.executable).parent / "taskctl"
@@ -373,11 +373,9 @@ def test_watch_follows_a_real_run_to_its_end(tmp_path: Path, taskctl_env: dict[s
         _, err = watch.communicate(timeout=10)
         assert watch.returncode == 0, err
     finally:
-        if suite.returncode is None and suite.process is not None:
-            suite.process.kill()
-            suite.process.wait()
-        if watch is not None and watch.poll() is None:
-            watch.kill()
+        suite.kill()
+        if watch is not None:
+            stop_process(watch)
             watch.wait()
     lines = watch_out.read_text().splitlines()
     assert lines[-1].endswith(

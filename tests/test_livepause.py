@@ -25,7 +25,7 @@ from pytest_taskctl.livepause import FAILURE_TASK
 from pytest_taskctl.pauses import PauseError, decide, list_pauses
 from pytest_taskctl.store import put_op
 
-from .conftest import INNER_INI, wait_for
+from .conftest import INNER_INI, stop_process, wait_for
 
 SUITE = """
 import os
@@ -160,9 +160,7 @@ def test_failure_and_checkpoint_pauses_answered_from_another_process(
 
         output, _ = run.communicate(timeout=30)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        stop_process(run)
     assert run.returncode == 1, output
     assert "External failure reason: known bug JIRA-1" in output
     assert "1 failed, 1 passed" in output
@@ -422,8 +420,6 @@ def test_a_pause_survives_an_etcd_restart(tmp_path: Path, etcd_factory: Any, pre
             decide(after, found["pause_id"], result="false", reason="after the restart")
         output, _ = run.communicate(timeout=30)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        stop_process(run)
     assert run.returncode == 0, output
     assert stamps(tmp_path)[-1] == "decision resumed False after the restart"

@@ -375,9 +375,7 @@ def test_resume_of_a_live_run_is_refused(
         assert "2 passed" in live.finish()
         assert live.returncode == 0
     finally:
-        if live.process is not None and live.process.poll() is None:
-            live.process.kill()
-            live.process.wait()
+        live.kill()
     # Ended: its lease is gone and the run can be resumed.
     ptr.runpytest("--run-id", "busy", "--resume").assert_outcomes(passed=1)
 
