@@ -18,7 +18,7 @@ Starts a private etcd and measures, on loopback:
    ``<run>/results/`` in this process times when each result reaches etcd.
 3. **Cost per test.** ``--tests`` trivial tests, ``--runs`` interleaved runs
    per variant: taskctl with etcd up, with and without the per-test result
-   recording (``-p no:taskctl-pytest_taskctl.resume`` keeps the lease and the
+   recording (``-p no:taskctl-pytest_taskctl.features.resume`` keeps the lease and the
    local file's opening, drops the per-test work), and bare pytest. The cost
    is given from the fastest wall time and from the median CPU time (user +
    system of the pytest process and its threads), which other load on the
@@ -59,9 +59,9 @@ from _common import (  # noqa: E402
 )
 
 from pytest_taskctl import StateStore  # noqa: E402
-from pytest_taskctl.pauses import decide, list_pauses  # noqa: E402
-from pytest_taskctl.server import EmbeddedEtcd, free_port  # noqa: E402
-from pytest_taskctl.store import prefix_end  # noqa: E402
+from pytest_taskctl.features.pauses import decide, list_pauses  # noqa: E402
+from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
+from pytest_taskctl.etcd.store import prefix_end  # noqa: E402
 
 PREFIX = "/bench-decisions"
 
@@ -278,7 +278,10 @@ def measure_cost(tmp: Path, env: dict[str, str], tests: int, runs: int) -> str:
         (directory / f"test_trivial_{index:03d}.py").write_text(body)
     variants = {
         "bare pytest (-p no:taskctl)": ["-p", "no:taskctl"],
-        "taskctl, etcd up, no result recording": ["-p", "no:taskctl-pytest_taskctl.resume"],
+        "taskctl, etcd up, no result recording": [
+            "-p",
+            "no:taskctl-pytest_taskctl.features.resume",
+        ],
         "taskctl, etcd up (results recorded)": [],
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -337,8 +340,8 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
     import pytest
 
     from pytest_taskctl.outcome import TestOutcome
-    from pytest_taskctl.resume import LocalRecord, ResultSink, ResumePlugin
-    from pytest_taskctl.store import KeyWriter
+    from pytest_taskctl.features.resume import LocalRecord, ResultSink, ResumePlugin
+    from pytest_taskctl.etcd.store import KeyWriter
 
     settings = SimpleNamespace(keys=store.keys("hook"), run_dir=tmp / "hook")
     run = SimpleNamespace(

@@ -45,7 +45,7 @@ from _common import (  # noqa: E402
     report_end,
 )
 
-from pytest_taskctl.server import EmbeddedEtcd, free_port  # noqa: E402
+from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
 
 RUN_TIMEOUT = 120.0
 

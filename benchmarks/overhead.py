@@ -52,7 +52,7 @@ from _common import (  # noqa: E402
     report_end,
 )
 
-from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port  # noqa: E402
+from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port  # noqa: E402
 
 CLOSED_ENDPOINT = "http://127.0.0.1:1"
 PEER_VENV = Path("/tmp/taskctl-bench-peers")

@@ -52,7 +52,7 @@ from _common import (  # noqa: E402
     percentile,
 )
 
-from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port  # noqa: E402
+from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port  # noqa: E402
 
 POLL = 0.005
 TEST_SLEEP = 0.05

@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.server import etcd_binary, free_port
+from pytest_taskctl.etcd.server import etcd_binary, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

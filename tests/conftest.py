@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port
+from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port
 
 BIN = Path(sys.executable).parent
 INNER_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from pytest_taskctl import StateStore, cli
+from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port, port_in_use
+from pytest_taskctl.etcd.store import EtcdGateway, EtcdUnavailable
 from pytest_taskctl.keys import RUN_ID_PATTERN, RunKeys
-from pytest_taskctl.server import EmbeddedEtcd, free_port, port_in_use
-from pytest_taskctl.store import EtcdGateway, EtcdUnavailable
 
 from .conftest import Etcdctl, stop_process, wait_for
 from .suites import RunningSuite, suite_env
@@ -566,6 +566,6 @@ def test_taskctl_does_not_load_the_pytest_plugin() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(done.stdout.split())
-    assert "pytest_taskctl.pauses" in loaded
+    assert "pytest_taskctl.features.pauses" in loaded
     plugin_modules = {"livepause", "resume", "control", "run", "plugin", "groups", "logs"}
     assert not loaded & {f"pytest_taskctl.{name}" for name in plugin_modules}

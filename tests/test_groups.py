@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pytest_taskctl.groups import GROUP_MARKER, Schedule, group_keys, runs_alone
+from pytest_taskctl.features.groups import GROUP_MARKER, Schedule, group_keys, runs_alone
 
 from .conftest import INNER_INI, Etcdctl, wait_for
 from .suites import RunningSuite

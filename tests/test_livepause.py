@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from pytest_taskctl import ResumeDecision, StateStore, checkpoint, cli
-from pytest_taskctl.livepause import FAILURE_TASK
-from pytest_taskctl.pauses import PauseError, decide, list_pauses
-from pytest_taskctl.store import put_op
+from pytest_taskctl.etcd.store import put_op
+from pytest_taskctl.features.livepause import FAILURE_TASK
+from pytest_taskctl.features.pauses import PauseError, decide, list_pauses
 
 from .conftest import INNER_INI, stop_process, wait_for
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from pytest_taskctl import StateStore
+from pytest_taskctl.etcd.store import put_op
+from pytest_taskctl.features.resume import LONG_NODEID, result_key
 from pytest_taskctl.keys import RunKeys
-from pytest_taskctl.resume import LONG_NODEID, result_key
-from pytest_taskctl.store import put_op
 
 from .conftest import INNER_INI, wait_for
 

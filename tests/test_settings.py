@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port
-from pytest_taskctl.settings import EtcdSettings, SettingError
+from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port
+from pytest_taskctl.etcd.settings import EtcdSettings, SettingError
 
 from .conftest import INNER_INI, Etcdctl
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from pytest_taskctl import StateStore
+from pytest_taskctl.etcd.store import EtcdUnavailable, KeyWriter, WatchedRange
 from pytest_taskctl.keys import InvalidRunId, flag_is_true
-from pytest_taskctl.store import EtcdUnavailable, KeyWriter, WatchedRange
 
 from .conftest import Etcdctl, wait_for
 

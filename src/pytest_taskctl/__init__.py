@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .store import StateStore
-from .tracing import get_traceid, trace_headers
+from .etcd.store import StateStore
+from .telemetry.tracing import get_traceid, trace_headers
 
 if TYPE_CHECKING:
-    from .livepause import ResumeDecision, checkpoint
+    from .features.livepause import ResumeDecision, checkpoint
 
 __version__ = "0.1.0"
 
@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
     # Imported on first use: the live-pause module pulls in pytest, which
     # `taskctl` and StateStore users do not need.
     if name in ("checkpoint", "ResumeDecision"):
-        from . import livepause
+        from .features import livepause
 
         return getattr(livepause, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

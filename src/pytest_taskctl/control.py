@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .etcd.store import KeyWriter, WatchedRange
 from .keys import RunKeys, flag_is_true
-from .store import KeyWriter, WatchedRange
 
 log = logging.getLogger("pytest_taskctl.plugin")
 

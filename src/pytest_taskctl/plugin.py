@@ -11,10 +11,11 @@ from collections.abc import Generator
 
 import pytest
 
-from . import groups, livepause, resume, tracing
 from .control import CANCEL_REASON
+from .features import groups, livepause, resume
 from .outcome import TestOutcome
 from .run import WORKER_RUN_ID, RunSettings, TaskRun, argv_of, header_lines, summary_lines
+from .telemetry import tracing
 
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[tuple[object, object]]()

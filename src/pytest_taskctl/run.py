@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
-from . import tracing
 from .control import CANCEL_REASON, RunControl
+from .etcd.settings import EtcdSettings, SettingError, resolve_prefix
+from .etcd.store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
 from .keys import InvalidRunId, RunKeys, validate_run_id
-from .logs import RunLog, parse_level
 from .outcome import TestOutcome
 from .process import process_identity
-from .settings import EtcdSettings, SettingError, resolve_prefix
-from .store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
-from .tracing import (
+from .telemetry import tracing
+from .telemetry.logs import RunLog, parse_level
+from .telemetry.tracing import (
     EXPORT_DEADLINE,
     ExportConfig,
     InvalidExportConfig,

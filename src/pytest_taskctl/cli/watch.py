@@ -13,7 +13,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from .cli import (
+from ..etcd.store import RangeResult, StateStore, WatchedRange
+from ..keys import FINAL_STATUSES
+from ..process import local_process_dead
+from ..records import json_object
+from .commands import (
     COUNT_NAMES,
     EXIT_OK,
     CommandFailed,
@@ -27,10 +31,6 @@ from .cli import (
     run_record,
     unknown_run,
 )
-from .keys import FINAL_STATUSES
-from .process import local_process_dead
-from .records import json_object
-from .store import RangeResult, StateStore, WatchedRange
 
 #: The run-level keys (``<run>/<name>``) taskctl shows; a change of one is a new state.
 SHOWN_LEAVES = ("status", "meta", "paused", "cancelled")

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import (
+from ..keys import (
     DEFAULT_PREFIX,
     FINAL_STATUSES,
     FLAG_NAMES,
@@ -41,7 +41,7 @@ from .keys import (
     runs_root,
     validate_run_id,
 )
-from .records import json_object
+from ..records import json_object
 from .settings import Endpoint, EtcdSettings, parse_endpoints
 
 log = logging.getLogger("pytest_taskctl.store")

@@ -22,10 +22,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .keys import RunKeys, validate_run_id
-from .process import local_process_dead
-from .records import json_object
-from .store import EtcdGateway, StateStore, mod_revision_equals, prefix_end, put_op
+from ..etcd.store import EtcdGateway, StateStore, mod_revision_equals, prefix_end, put_op
+from ..keys import RunKeys, validate_run_id
+from ..process import local_process_dead
+from ..records import json_object
 
 #: ``--result`` / ``--pause-checkpoint-mock`` words and the checkpoint result each stands for.
 RESULT_TOKENS: dict[str, bool | None] = {"true": True, "false": False, "none": None}

@@ -35,11 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from .keys import RunKeys
-from .outcome import TestOutcome
-from .process import local_process_dead, process_identity
-from .records import json_object
-from .store import (
+from ..etcd.store import (
     EtcdGateway,
     KeyValue,
     KeyWriter,
@@ -48,9 +44,13 @@ from .store import (
     prefix_end,
     put_op,
 )
+from ..keys import RunKeys
+from ..outcome import TestOutcome
+from ..process import local_process_dead, process_identity
+from ..records import json_object
 
 if TYPE_CHECKING:
-    from .run import TaskRun
+    from ..run import TaskRun
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -632,7 +632,7 @@ class ResumePlugin:
 
 
 def _end_status(run: TaskRun, session: pytest.Session) -> str:
-    from .run import EXIT_STATUS
+    from ..run import EXIT_STATUS
 
     if run.control.cancel_seen or run.control.is_cancelled():
         return "CANCELLED"

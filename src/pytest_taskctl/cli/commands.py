@@ -29,12 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from . import __version__
-from .keys import FINAL_STATUSES, RunKeys, flag_is_true, validate_run_id
-from .pauses import RESULT_TOKENS, PauseError, decide, list_pauses, result_token
-from .records import json_object
-from .settings import EtcdSettings, SettingError, resolve_prefix
-from .store import (
+from .. import __version__
+from ..etcd.settings import EtcdSettings, SettingError, resolve_prefix
+from ..etcd.store import (
     EtcdUnavailable,
     StateStore,
     delete_op,
@@ -42,6 +39,9 @@ from .store import (
     mod_revision_equals,
     put_op,
 )
+from ..features.pauses import RESULT_TOKENS, PauseError, decide, list_pauses, result_token
+from ..keys import FINAL_STATUSES, RunKeys, flag_is_true, validate_run_id
+from ..records import json_object
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -673,7 +673,7 @@ def signals_ignored() -> Iterator[None]:
 
 
 def cmd_server(ctx: Context) -> int:
-    from .server import EmbeddedEtcd, EtcdNotInstalled, port_in_use
+    from ..etcd.server import EmbeddedEtcd, EtcdNotInstalled, port_in_use
 
     args = ctx.args
     data_dir = Path(args.data_dir).expanduser().absolute()
@@ -728,7 +728,7 @@ def server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_commands() -> list[Command]:
     """The subcommands of ``taskctl``; add one here (docs/cli.md documents each)."""
-    from .cli_watch import cmd_watch, watch_arguments  # imports this module
+    from .watch import cmd_watch, watch_arguments  # imports this module
 
     flag_commands = [
         Command(

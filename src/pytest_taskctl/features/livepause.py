@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 from opentelemetry import trace
 
-from .control import CANCEL_REASON
-from .pauses import RESULT_TOKENS, new_pause_id, pause_record, result_token
-from .process import process_identity
-from .store import (
+from ..control import CANCEL_REASON
+from ..etcd.store import (
     EtcdGateway,
     RangeResult,
     WatchedRange,
@@ -37,9 +35,11 @@ from .store import (
     mod_revision_equals,
     put_op,
 )
+from ..process import process_identity
+from .pauses import RESULT_TOKENS, new_pause_id, pause_record, result_token
 
 if TYPE_CHECKING:
-    from .run import TaskRun
+    from ..run import TaskRun
 
 log = logging.getLogger("pytest_taskctl.plugin")
 

@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .outcome import TestOutcome
+from ..outcome import TestOutcome
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .keys import DEFAULT_PREFIX, normalize_prefix
+from ..keys import DEFAULT_PREFIX, normalize_prefix
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 
