@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from pytest_taskctl.features.groups import GROUP_MARKER, Schedule, group_keys, runs_alone
+from pytest_taskctl.features.groups import Schedule, group_keys, runs_alone
+from pytest_taskctl.options import GROUP_MARKER
 
 from .conftest import INNER_INI, Etcdctl, wait_for
 from .suites import RunningSuite
@@ -465,7 +466,15 @@ def test_t(n, together, fixture_traceid, traceid):
 def test_each_thread_sees_its_own_traceid_in_spans_and_log_lines(ptr: pytest.Pytester) -> None:
     ptr.makeconftest(EVENTS_CONFTEST)
     ptr.makepyfile(test_traced=TRACED)
-    result = ptr.runpytest("--thread", "3", "--group-unit", "function", "--run-id", "traced")
+    result = ptr.runpytest(
+        "--thread",
+        "3",
+        "--group-unit",
+        "function",
+        "--run-id",
+        "traced",
+        "--taskctl-log-level=INFO",
+    )
     result.assert_outcomes(passed=3)
     run_dir = ptr.path / "logs" / "traced"
     spans = {

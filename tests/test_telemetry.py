@@ -135,7 +135,7 @@ def test_every_test_has_its_own_trace_linked_to_the_session(
 
 
 def test_log_lines_carry_the_trace_id_of_their_test(ptr: pytest.Pytester, run_suite) -> None:  # type: ignore[no-untyped-def]
-    run_suite()
+    run_suite("--taskctl-log-level", "INFO")
     logs = ptr.path / "logs" / "tel-1"
     spans = {span["name"]: span["traceId"] for span in read_spans(logs / "traces.jsonl")}
     lines = read_log(logs / "pytest.log")
@@ -178,7 +178,8 @@ def test_log_lines_carry_the_trace_id_of_their_test(ptr: pytest.Pytester, run_su
 def test_log_level_option_filters_lines(ptr: pytest.Pytester, run_suite) -> None:  # type: ignore[no-untyped-def]
     run_suite("--taskctl-log-level", "WARNING")
     lines = read_log(ptr.path / "logs" / "tel-1" / "pytest.log")
-    assert {level for _, level, _, _ in lines} == {"WARNING"}
+    assert {level for name, level, _, _ in lines if name == "app.tests"} == {"WARNING"}
+    assert any(m.startswith("pytest_sessionstart") for *_, m in lines), "plugin lines always"
     assert any(message.startswith("in test_fail") for *_, message in lines)
 
 

@@ -6,19 +6,26 @@ The public API is small on purpose:
   to send to the API under test as ``X-Trace-Id`` and ``traceparent``;
 * :class:`StateStore` -- pause, cancel and status of runs in etcd;
 * :func:`checkpoint` -> :class:`ResumeDecision` -- pause a test for a person's decision.
+
+Everything else is internal; the pytest hooks are in :mod:`pytest_taskctl.plugin`
+and the ``taskctl`` command in :mod:`pytest_taskctl.cli`.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .etcd.store import StateStore
-from .telemetry.tracing import get_traceid, trace_headers
+from .telemetry.traceid import get_traceid, trace_headers
 
 if TYPE_CHECKING:
     from .features.livepause import ResumeDecision, checkpoint
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("pytest-taskctl")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ResumeDecision",

@@ -20,8 +20,8 @@ FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
 
 FLAG_NAMES = ("paused", "cancelled")
 
-STATUSES = ("RUNNING", "PAUSED", "CANCELLED", "COMPLETED", "FAILED", "INTERRUPTED")
-FINAL_STATUSES = frozenset({"CANCELLED", "COMPLETED", "FAILED", "INTERRUPTED"})
+from .status import FINAL_STATUSES as FINAL_STATUSES  # noqa: E402 - re-exported
+from .status import STATUSES as STATUSES  # noqa: E402 - re-exported
 
 
 class InvalidRunId(ValueError):

@@ -29,6 +29,11 @@ class TestOutcome:
     duration: float = 0.0
     reports: int = field(default=0, repr=False)
 
+    @classmethod
+    def interrupted(cls) -> TestOutcome:
+        """A test whose teardown report never came (Ctrl-C, SIGTERM, ``pytest.exit``)."""
+        return cls(word="error", when="call", message="interrupted")
+
     def record(self, report: pytest.TestReport) -> None:
         self.reports += 1
         self.duration += report.duration

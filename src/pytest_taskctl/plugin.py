@@ -1,119 +1,92 @@
 """pytest hooks of pytest-taskctl: thin, each delegating to :mod:`pytest_taskctl.run`.
 
-Disable with ``-p no:taskctl``.
+Options are declared in :mod:`.options`; features are imported and
+registered in ``pytest_configure`` only when the run uses them. Disable the
+plugin with ``-p no:taskctl``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Generator
 
 import pytest
 
+from . import hookspecs, options
+from .config import WORKER_RUN_ID, RunSettings
 from .control import CANCEL_REASON
-from .features import groups, livepause, resume
 from .outcome import TestOutcome
-from .run import WORKER_RUN_ID, RunSettings, TaskRun, argv_of, header_lines, summary_lines
-from .telemetry import tracing
+from .run import TaskRun, argv_of
+from .telemetry import traceid as traceid_module
+from .terminal import header_lines, summary_lines, terminal_line
 
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[tuple[object, object]]()
 CANCELLED_KEY = pytest.StashKey[bool]()
 
-#: Feature modules: each adds its options and, when enabled, registers a plugin object.
-FEATURES = (resume, livepause, groups)
 
-LOG_LEVEL_HELP = "level of records written to logs/<run_id>/pytest.log (default INFO)"
-LOG_DIR_HELP = "directory for <run_id>/pytest.log and traces.jsonl (default: logs)"
-TRACE_MODE_HELP = (
-    "'test' (default): every test is its own trace, linked to the session span; "
-    "'session': tests are children of the session span"
-)
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("taskctl", "observable, controllable runs (pytest-taskctl)")
-    group.addoption(
-        "--run-id",
-        dest="taskctl_run_id",
-        metavar="ID",
-        help="id of this run (env PYTEST_RUN_ID); generated when missing",
-    )
-    group.addoption(
-        "--taskctl-etcd",
-        metavar="HOST:PORT[,...]",
-        help="etcd endpoints (env PYTEST_TASKCTL_ETCD, ETCDCTL_ENDPOINTS; default 127.0.0.1:2379)",
-    )
-    group.addoption(
-        "--taskctl-prefix",
-        metavar="PREFIX",
-        help="etcd key prefix (env PYTEST_TASKCTL_PREFIX; default /pytest-taskctl)",
-    )
-    for name, what in (
-        ("cacert", "CA file"),
-        ("cert", "client certificate"),
-        ("key", "client key"),
-    ):
-        group.addoption(
-            f"--taskctl-etcd-{name}",
-            metavar="FILE",
-            help=f"etcd TLS {what} "
-            f"(env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
-        )
-    group.addoption(
-        "--taskctl-etcd-user",
-        metavar="USER:PASSWORD",
-        help="etcd credentials (env PYTEST_TASKCTL_ETCD_USER, ETCDCTL_USER)",
-    )
-    group.addoption("--taskctl-log-dir", metavar="DIR", help=LOG_DIR_HELP)
-    group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
-    group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
-    for feature in FEATURES:
-        feature.add_options(parser, group)
-    parser.addini("taskctl_log_dir", LOG_DIR_HELP)
-    parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
-    parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
+    options.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", options.GROUP_MARKER)
     settings = RunSettings.from_config(config)  # bad values: UsageError, exit 4
     if config.option.help or config.option.version:
         return
+    is_worker = hasattr(config, "workerinput")
     run = config.stash[RUN_KEY] = TaskRun(
         settings,
-        is_worker=hasattr(config, "workerinput"),
-        is_controller=bool(getattr(config.option, "numprocesses", None))
-        and not hasattr(config, "workerinput"),
+        config.hook,
+        pytest_log_level=_pytest_file_log_level(config),
+        is_worker=is_worker,
+        is_controller=bool(getattr(config.option, "numprocesses", None)) and not is_worker,
     )
     run.notify = lambda text: terminal_line(config, text)
     config.add_cleanup(run.close)  # also when sessionfinish never comes
     config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
-    for feature in FEATURES:
-        feature_plugin = feature.make_plugin(config, run)
-        if feature_plugin is not None:
-            config.pluginmanager.register(feature_plugin, f"taskctl-{feature.__name__}")
+    _register_features(config, run)
+
+
+def _register_features(config: pytest.Config, run: TaskRun) -> None:
+    """Each feature's module is imported only when this run uses it."""
+    from .features import livepause, resume
+
+    config.pluginmanager.register(resume.make_plugin(config, run), "taskctl-resume")
+    config.pluginmanager.register(livepause.make_plugin(config, run), "taskctl-livepause")
+    if config.option.taskctl_threads not in (None, 1):
+        from .features import groups
+
+        runner = groups.make_plugin(config)
+        if runner is not None:
+            config.pluginmanager.register(runner, "taskctl-groups")
+
+
+def _pytest_file_log_level(config: pytest.Config) -> int | None:
+    """pytest's ``log_file_level`` (else ``log_level``) when the suite sets one."""
+    for name in ("log_file_level", "log_level"):
+        value = config.getoption(name, None) or config.getini(name)
+        if value:
+            level = (
+                logging.getLevelName(str(value).upper()) if not str(value).isdigit() else int(value)
+            )
+            if isinstance(level, int):
+                return level
+    return None
 
 
 def _run(config: pytest.Config) -> TaskRun | None:
     return config.stash.get(RUN_KEY, None)
 
 
-def terminal_line(config: pytest.Config, text: str) -> None:
-    """A line on the terminal now, even while pytest captures output (pauses are news)."""
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is None:
-        return
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        terminal.ensure_newline()
-        terminal.write_line(text)
-
-
 class InterruptWatch:
-    """Ctrl-C, SIGTERM or ``pytest.exit``: INTERRUPTED (exit code 2 alone may be errors)."""
+    """Ctrl-C or ``pytest.exit``: the run ends INTERRUPTED (exit code 2 alone may be errors)."""
 
     def __init__(self, run: TaskRun) -> None:
         self.run = run
@@ -121,7 +94,7 @@ class InterruptWatch:
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # pytest raises Session.Interrupted itself for collection errors: those are FAILED.
         if not isinstance(excinfo.value, pytest.Session.Interrupted):
-            self.run.interrupted = True
+            self.run.keyboard_interrupt = True
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -157,17 +130,10 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     try:
         return (yield)
     finally:
-        span_token = item.stash.get(SPAN_KEY, None)
-        if span_token is not None:  # the teardown report did not arrive (interrupted)
+        if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
             run.control.test_finished(None)
-            outcome = run.outcomes.pop(item.nodeid, None)
-            run.tracer.end_test(span, token, outcome or _interrupted())
-
-
-def _interrupted() -> TestOutcome:
-    outcome = TestOutcome()
-    outcome.word, outcome.when, outcome.message = "error", "call", "interrupted"
-    return outcome
+            outcome = run.outcomes.pop(item.nodeid, None) or TestOutcome.interrupted()
+            run.tracer.end_test(span, token, outcome)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -185,21 +151,20 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     run = _run(item.config)
-    if run is not None and report.when == "teardown":
-        outcome = run.record_report(report)
-        span_token = item.stash.get(SPAN_KEY, None)
-        if outcome is not None and span_token is not None and run.tracer is not None:
-            del item.stash[SPAN_KEY]
-            run.runlog.line(
-                logging.INFO,
-                "pytest_runtest_teardown: %s %s in %.3fs",
-                item.nodeid,
-                outcome.word,
-                outcome.duration,
-            )
-            run.tracer.end_test(*span_token, outcome)  # type: ignore[arg-type]
-    elif run is not None:
-        run.record_report(report)
+    if run is None:
+        return report
+    outcome = run.record_report(report)
+    span_token = item.stash.get(SPAN_KEY, None)
+    if outcome is not None and span_token is not None and run.tracer is not None:
+        del item.stash[SPAN_KEY]
+        run.runlog.line(
+            logging.INFO,
+            "pytest_runtest_teardown: %s %s in %.3fs",
+            item.nodeid,
+            outcome.word,
+            outcome.duration,
+        )
+        run.tracer.end_test(*span_token, outcome)  # type: ignore[arg-type]
     return report
 
 
@@ -244,10 +209,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture
 def traceid() -> str:
     """The trace id of the running test (32 hex digits), for ``X-Trace-Id``."""
-    return tracing.get_traceid()
+    return traceid_module.get_traceid()
 
 
 @pytest.fixture
 def trace_headers() -> dict[str, str]:
     """``{"X-Trace-Id": ..., "traceparent": ...}`` for requests to the API under test."""
-    return tracing.trace_headers()
+    return traceid_module.trace_headers()

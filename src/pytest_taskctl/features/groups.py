@@ -23,7 +23,6 @@ import threading
 from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from _pytest.fixtures import get_scope_node
@@ -31,55 +30,18 @@ from _pytest.nodes import Node
 from _pytest.runner import runtestprotocol
 from _pytest.scope import Scope
 
+from ..options import GROUP_UNITS
 from .threadsafe import runs_alone, thread_safe_pytest, worker_state
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-GROUP_UNITS = ("module", "class", "function")
-THREAD_HELP = (
-    "run tests on N threads, different groups at once, each group one test at a time "
-    "(default 1: off); see --group-unit and @pytest.mark.group"
-)
-GROUP_UNIT_HELP = (
-    "default group of a test without a group marker: its module (default), "
-    "its class, or none (function: every test on its own)"
-)
-GROUP_MARKER = (
-    "group(*names): the groups of a test (module, class or function level; the closest "
-    "marker wins). Tests of one group run one at a time in collection order under --thread; "
-    "group() with no names: ungrouped."
-)
-
 GroupKey = tuple[Hashable, ...]
 
 
-def add_options(parser: pytest.Parser, group: Any) -> None:
-    """Register ``--thread``, ``--group-unit`` (and its ini key)."""
-    group.addoption(
-        "--thread",
-        dest="taskctl_threads",
-        metavar="N",
-        type=int,
-        default=None,
-        help=THREAD_HELP,
-    )
-    group.addoption(
-        "--group-unit",
-        dest="taskctl_group_unit",
-        choices=GROUP_UNITS,
-        default=None,
-        help=GROUP_UNIT_HELP + " (ini group-unit)",
-    )
-    parser.addini("group-unit", GROUP_UNIT_HELP)
-
-
-def make_plugin(config: pytest.Config, run: Any) -> object | None:
-    """The plugin object to register for this run, or ``None``."""
-    config.addinivalue_line("markers", GROUP_MARKER)
+def make_plugin(config: pytest.Config) -> GroupRunner | None:
+    """The plugin object for ``--thread N``; ``None`` for one thread (no groups)."""
     settings = GroupSettings.from_config(config)
-    if settings.threads == 1:
-        return None
-    return GroupRunner(settings)
+    return GroupRunner(settings) if settings.threads != 1 else None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ Listing and answering pauses, without pytest, is :mod:`pytest_taskctl.pauses`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -50,15 +49,6 @@ CANCEL_POLL = 0.05
 #: TTL of the lease a waiting pause keeps alive; a dead process's pause is stale after this.
 PAUSE_LEASE_TTL = 10
 MAX_FAILURE_TEXT = 16_000
-
-PAUSE_ON_FAILURE_HELP = (
-    "when a test fails, pause before its teardown (fixtures alive) until someone answers "
-    "with `taskctl decide PAUSE_ID` or --pause-timeout expires"
-)
-PAUSE_TIMEOUT_HELP = "seconds a live pause waits for a decision (default 300)"
-PAUSE_MOCK_HELP = (
-    "answer every checkpoint() at once with this result (reason 'Mock'), for unattended runs"
-)
 
 
 @dataclass(slots=True)
@@ -132,8 +122,8 @@ class LivePauses:
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.default_timeout
-        if timeout < 0:
-            raise ValueError(f"checkpoint timeout must not be negative, got {timeout}")
+        if not 0 <= timeout < float("inf"):
+            raise ValueError(f"checkpoint timeout must be 0 or more seconds, got {timeout}")
         return float(timeout)
 
     def pause(
@@ -388,36 +378,6 @@ class LivePause:
 
 
 # -- the plugin -----------------------------------------------------------------------
-
-
-def _timeout_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
-
-
-def add_options(parser: pytest.Parser, group: Any) -> None:
-    """Register ``--pause-on-failure``, ``--pause-timeout``, ``--pause-checkpoint-mock``."""
-    group.addoption(
-        "--pause-on-failure", action="store_true", default=False, help=PAUSE_ON_FAILURE_HELP
-    )
-    group.addoption(
-        "--pause-timeout",
-        metavar="SECONDS",
-        type=_timeout_seconds,
-        default=300.0,
-        help=PAUSE_TIMEOUT_HELP,
-    )
-    group.addoption(
-        "--pause-checkpoint-mock",
-        choices=sorted(RESULT_TOKENS),
-        default=None,
-        help=PAUSE_MOCK_HELP,
-    )
 
 
 def make_plugin(config: pytest.Config, run: TaskRun) -> object | None:

@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -54,10 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-RESUME_HELP = (
-    "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
-    "run the failed, errored and never-run ones"
-)
 #: Seconds the run's lease lives without a keep-alive (a killed run frees its id after this).
 LEASE_TTL = 10
 #: Results leave the test's thread in batches at most this far apart (the contract:
@@ -338,18 +334,6 @@ class ResultSink:
 # -- the plugin -----------------------------------------------------------------------
 
 
-def add_options(parser: pytest.Parser, group: Any) -> None:
-    """Register ``--resume`` / ``--run-until-complete``."""
-    group.addoption(
-        "--resume",
-        "--run-until-complete",
-        dest="taskctl_resume",
-        action="store_true",
-        default=False,
-        help=RESUME_HELP,
-    )
-
-
 def make_plugin(config: pytest.Config, run: TaskRun) -> object | None:
     """The plugin object to register for this run, or ``None``."""
     if config.option.taskctl_resume and run.settings.run_id_generated:
@@ -389,16 +373,15 @@ class ResumePlugin:
         #: which is replaced, never mutated: the publisher may be serializing it.
         self._earlier_attempts: list[dict[str, Any]] = []
         self._entry: dict[str, Any] | None = None
-        if self.records:
-            run.start_hooks.append(self._on_start)
-            run.close_hooks.append(self._on_close)
-            run.finished_hooks.append(self._on_test_finished)
 
     # -- start: lease, history, attempt --------------------------------------------------
 
-    def _on_start(self, run: TaskRun) -> dict[str, Any]:
+    def pytest_taskctl_run_starting(
+        self, run: TaskRun, previous_meta: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
         """Runs in ``TaskRun.start`` before anything is written: may refuse the run."""
-        previous_meta: dict[str, Any] | None = None
+        if not self.records:
+            return None
         earlier: list[dict[str, Any]] = []
         if run.gateway is not None:
             try:
@@ -470,7 +453,7 @@ class ResumePlugin:
         records = [r for r in (json_object(kv.value) for kv in results) if r is not None]
         return previous_meta, records
 
-    def _on_close(self, run: TaskRun) -> None:
+    def pytest_taskctl_run_closing(self, run: TaskRun) -> None:
         if self.sink is not None:
             self.sink.close()  # normally done in sessionfinish; this is the no-session path
         if self.lease is not None:
@@ -560,8 +543,10 @@ class ResumePlugin:
 
     # -- results -----------------------------------------------------------------------
 
-    def _on_test_finished(self, nodeid: str, outcome: TestOutcome) -> None:
-        """Queue the test's result (TaskRun calls this once its teardown report is in)."""
+    def pytest_taskctl_test_finished(self, run: TaskRun, nodeid: str, outcome: TestOutcome) -> None:
+        """Queue the test's result."""
+        if not self.records:
+            return
         with self._lock:
             self.counts[outcome.counter] += 1
             if self._entry is not None:
@@ -588,22 +573,19 @@ class ResumePlugin:
 
     # -- end -------------------------------------------------------------------------
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, None, None]:
-        # tryfirst wrapper registered after plugin.py's: runs before run.finish writes the end.
+    def pytest_taskctl_run_finishing(self, run: TaskRun, session: pytest.Session) -> None:
         # With pytest-xdist the workers deselect; the controller only sees that none are left.
-        deselected_all = bool(self.deselected) or (self.run.is_controller and bool(self._passed))
+        deselected_all = bool(self.deselected) or (run.is_controller and bool(self._passed))
         self.nothing_left = self.resume and not self.to_run and deselected_all
         if self.nothing_left and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             # Everything passed earlier: the run is complete, not "no tests collected".
             session.exitstatus = pytest.ExitCode.OK
         if self._entry is not None:
-            status = _end_status(self.run, session)
+            status = run.end_status(session)
             with self._lock:
                 self._update_attempt(ended=round(time.time(), 3), status=status)
         if self.sink is not None:
-            self.sink.close()  # before run.finish closes the writer
-        return (yield)
+            self.sink.close()  # before the run closes its writer
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run_id = self.keys.run_id
@@ -629,14 +611,6 @@ class ResumePlugin:
                 f"taskctl: {left} test(s) of run {run_id} have not passed yet; "
                 f"run them with: pytest --run-id {run_id} --resume"
             )
-
-
-def _end_status(run: TaskRun, session: pytest.Session) -> str:
-    from ..run import EXIT_STATUS
-
-    if run.control.cancel_seen or run.control.is_cancelled():
-        return "CANCELLED"
-    return str(EXIT_STATUS.get(session.exitstatus, "FAILED"))  # type: ignore[call-overload]
 
 
 def _attempt_of(meta: Mapping[str, Any]) -> int:

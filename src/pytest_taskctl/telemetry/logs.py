@@ -1,8 +1,8 @@
 """``logs/<run_id>/pytest.log`` with the trace id on every line, and the OTel logs pipeline.
 
 Like pytest's own ``log_file``, the file handler sits on the root logger and
-takes every logger's records at the configured level, so test code's
-``logging`` lines land in the file with their test's trace id. The plugin's
+takes every logger's records that the suite's logging lets through, so test
+code's ``logging`` lines land in the file with their test's trace id. The plugin's
 per-test lines are handed to these handlers directly (:meth:`RunLog.line`):
 pytest attaches its capture handlers to every logger, and those lines do not
 belong in the captured-log sections of failure reports.
@@ -11,18 +11,19 @@ belong in the captured-log sections of failure reports.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .tracing import get_traceid, sdk_disabled
+from .export import EXPORT_DEADLINE, ExportConfig, run_bounded
+from .traceid import get_traceid
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - [%(traceid)s] - %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 PLUGIN_LOGGER = "pytest_taskctl.plugin"
+#: Our own loggers' records are always written, whatever level the suite's root logger has.
+OWN_LOGGERS = "pytest_taskctl"
 
 
 class TraceIdFilter(logging.Filter):
@@ -51,7 +52,7 @@ class BufferedFileHandler(logging.FileHandler):
         self._dirty = False
         self._stamp_second = -1
         self._stamp = ""
-        self._closed = threading.Event()
+        self._stopped = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="taskctl-log", daemon=True)
         self._flusher.start()
 
@@ -92,7 +93,7 @@ class BufferedFileHandler(logging.FileHandler):
         super().flush()
 
     def _flush_loop(self) -> None:
-        while not self._closed.wait(self.interval):
+        while not self._stopped.wait(self.interval):
             if self._dirty:
                 self.acquire()
                 try:
@@ -102,7 +103,7 @@ class BufferedFileHandler(logging.FileHandler):
                     self.release()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopped.set()
         super().close()
 
 
@@ -121,111 +122,91 @@ def parse_level(value: str | int, source: str) -> int:
     return level
 
 
-def _otel_logs_wanted(environ: Mapping[str, str]) -> bool:
-    exporters = {n.strip().lower() for n in environ.get("OTEL_LOGS_EXPORTER", "").split(",") if n}
-    if "none" in exporters or sdk_disabled(environ):
-        return False
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    return "otlp" in exporters or bool(endpoint)
-
-
-def _otel_log_exporter(environ: Mapping[str, str]) -> Any:
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "grpc"
-    )
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[assignment]
-            OTLPLogExporter,
-        )
-    return OTLPLogExporter()
-
-
 class RunLog:
-    """Attaches the run's log handlers for the session and removes them after."""
+    """Attaches the run's log handlers to the root logger for the session.
 
-    def __init__(self, path: Path, level: int, environ: Mapping[str, str] | None = None) -> None:
+    Levels follow the suite, as pytest's own ``log_file`` does: the handlers
+    take whatever the suite's logging lets through (or pytest's
+    ``log_file_level``/``log_level`` when set), and the root logger is lowered
+    only when asked (``--taskctl-log-level``). The plugin's own lines are
+    always written (:meth:`line`), to the file only: the test's span already
+    carries what they say.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        root_level: int | None = None,
+        handler_level: int = logging.NOTSET,
+        export: ExportConfig | None = None,
+    ) -> None:
         self.path = path
-        self.level = level
-        self._environ = os.environ if environ is None else environ
+        self.root_level = root_level
+        self.handler_level = handler_level if root_level is None else root_level
+        self._export = export
         self._handlers: list[logging.Handler] = []
         self._logger_provider: Any = None
         self._saved_root_level: int | None = None
-        self._file_only: BufferedFileHandler | None = None
-        self._plugin_logger = logging.getLogger(PLUGIN_LOGGER)
+        self._file: BufferedFileHandler | None = None
+        self._own_level_set = False
 
     def start(self, resource: Any = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = BufferedFileHandler(self.path)
-        file_handler.setLevel(self.level)
+        file_handler.setLevel(self.handler_level)
         file_handler.addFilter(TraceIdFilter())
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
         self._handlers.append(file_handler)
-        self._file_only = file_handler
-        if _otel_logs_wanted(self._environ):
-            self._handlers.append(self._otel_handler(resource))
-            self._file_only = None
-
+        self._file = file_handler
+        if self._export is not None and self._export.otlp_logs:
+            self._handlers.append(self._otel_handler(self._export, resource))
+        own = logging.getLogger(OWN_LOGGERS)
+        if own.level == logging.NOTSET:
+            own.setLevel(logging.INFO)
+            self._own_level_set = True
         root = logging.getLogger()
-        self._saved_root_level = root.level
-        if root.level > self.level or root.level == logging.NOTSET:
-            root.setLevel(self.level)
+        if self.root_level is not None:
+            self._saved_root_level = root.level
+            if root.level > self.root_level or root.level == logging.NOTSET:
+                root.setLevel(self.root_level)
         for handler in self._handlers:
             root.addHandler(handler)
 
     def line(self, level: int, msg: str, *args: object) -> None:
-        """Write one plugin line to the run's handlers only (not to pytest's capture)."""
-        if level < self.level:
-            return
-        if self._file_only is not None:
-            # No OTel handler: skip LogRecord, Filter and Formatter (a third of
-            # the plugin's per-test cost in a large run).
-            self._file_only.write_line(level, PLUGIN_LOGGER, get_traceid(), msg % args)
-            return
-        record = self._plugin_logger.makeRecord(PLUGIN_LOGGER, level, "", 0, msg, args, None)
-        for handler in self._handlers:
-            if level >= handler.level:
-                handler.handle(record)
+        """Write one plugin line to ``pytest.log`` (not to pytest's capture, not to OTel)."""
+        if self._file is not None:
+            self._file.write_line(level, PLUGIN_LOGGER, get_traceid(), msg % args)
 
-    def _otel_handler(self, resource: Any) -> logging.Handler:
+    def _otel_handler(self, export: ExportConfig, resource: Any) -> logging.Handler:
         from opentelemetry.instrumentation.logging.handler import LoggingHandler
         from opentelemetry.sdk._logs import LoggerProvider
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
         provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        provider.add_log_record_processor(
-            BatchLogRecordProcessor(_otel_log_exporter(self._environ))
-        )
+        provider.add_log_record_processor(BatchLogRecordProcessor(export.logs.make_exporter()))
         self._logger_provider = provider
-        return LoggingHandler(level=self.level, logger_provider=provider)
+        return LoggingHandler(level=self.handler_level, logger_provider=provider)
 
-    def begin_shutdown(self) -> threading.Thread | None:
-        """Start flushing the OTel logs pipeline in the background (bounded by the caller)."""
-        provider, self._logger_provider = self._logger_provider, None
-        if provider is None:
-            return None
-        flushing = threading.Thread(
-            target=provider.shutdown, name="taskctl-logs-flush", daemon=True
-        )
-        flushing.start()
-        return flushing
+    def stop(self, deadline: float = EXPORT_DEADLINE) -> bool:
+        """Detach and close the handlers, then flush the OTel logs within ``deadline``.
 
-    def stop(self) -> None:
-        """Detach and close the handlers (the file is complete after this)."""
+        Detached first: the exporter's own warnings (an unreachable collector)
+        must not come back into a handler that feeds the same exporter.
+        """
         root = logging.getLogger()
         for handler in self._handlers:
             root.removeHandler(handler)
             handler.close()
         self._handlers.clear()
-        self._file_only = None
+        self._file = None
         if self._saved_root_level is not None:
             root.setLevel(self._saved_root_level)
             self._saved_root_level = None
-        flushing = self.begin_shutdown()  # when nobody started it: give it a moment
-        if flushing is not None:
-            flushing.join(1.0)
+        if self._own_level_set:
+            logging.getLogger(OWN_LOGGERS).setLevel(logging.NOTSET)
+            self._own_level_set = False
+        provider, self._logger_provider = self._logger_provider, None
+        if provider is None:
+            return True
+        return run_bounded(provider.shutdown, deadline, "logs-flush")

@@ -1,0 +1,141 @@
+"""Every command-line option and ini key of the plugin, registered in one place.
+
+Features are imported only when a run enables them, so their options live
+here, not in the feature modules. Where an option has an ini key, one help
+string serves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from .features.pauses import RESULT_TOKENS
+
+LOG_DIR_HELP = "directory for <run_id>/pytest.log and traces.jsonl (default: logs)"
+LOG_LEVEL_HELP = (
+    "lower the root logger to LEVEL for the session, as --log-level does, so test code's "
+    "own records reach logs/<run_id>/pytest.log (default: leave logging levels as they are)"
+)
+TRACE_MODE_HELP = (
+    "'test' (default): every test is its own trace, linked to the session span; "
+    "'session': tests are children of the session span"
+)
+RESUME_HELP = (
+    "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
+    "run the failed, errored and never-run ones"
+)
+PAUSE_ON_FAILURE_HELP = (
+    "when a test fails, pause before its teardown (fixtures alive) until someone answers "
+    "with `taskctl decide PAUSE_ID` or --pause-timeout expires"
+)
+PAUSE_TIMEOUT_HELP = "seconds a live pause waits for a decision (default 300)"
+PAUSE_MOCK_HELP = (
+    "answer every checkpoint() at once with this result (reason 'Mock'), for unattended runs"
+)
+THREAD_HELP = (
+    "run tests on N threads, different groups at once, each group one test at a time "
+    "(default 1: off); see --group-unit and @pytest.mark.group"
+)
+GROUP_UNIT_HELP = (
+    "default group of a test without a group marker: its module (default), "
+    "its class, or none (function: every test on its own)"
+)
+GROUP_UNITS = ("module", "class", "function")
+GROUP_MARKER = (
+    "group(*names): the groups of a test (module, class or function level; the closest "
+    "marker wins). Tests of one group run one at a time in collection order under --thread; "
+    "group() with no names: ungrouped."
+)
+ETCD_TLS_OPTIONS = (("cacert", "CA file"), ("cert", "client certificate"), ("key", "client key"))
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more (``nan`` and ``inf`` refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("taskctl", "observable, controllable runs (pytest-taskctl)")
+    group.addoption(
+        "--run-id",
+        dest="taskctl_run_id",
+        metavar="ID",
+        help="id of this run (env PYTEST_RUN_ID); generated when missing",
+    )
+    _add_etcd_options(group)
+    _add_output_options(group)
+    _add_feature_options(group)
+    parser.addini("taskctl_log_dir", LOG_DIR_HELP)
+    parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
+    parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
+    parser.addini("group-unit", GROUP_UNIT_HELP)
+
+
+def _add_output_options(group: Any) -> None:
+    group.addoption("--taskctl-log-dir", metavar="DIR", help=LOG_DIR_HELP)
+    group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
+    group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
+
+
+def _add_etcd_options(group: Any) -> None:
+    group.addoption(
+        "--taskctl-etcd",
+        metavar="HOST:PORT[,...]",
+        help="etcd endpoints (env PYTEST_TASKCTL_ETCD, ETCDCTL_ENDPOINTS; default 127.0.0.1:2379)",
+    )
+    group.addoption(
+        "--taskctl-prefix",
+        metavar="PREFIX",
+        help="etcd key prefix (env PYTEST_TASKCTL_PREFIX; default /pytest-taskctl)",
+    )
+    for name, what in ETCD_TLS_OPTIONS:
+        group.addoption(
+            f"--taskctl-etcd-{name}",
+            metavar="FILE",
+            help=f"etcd TLS {what} "
+            f"(env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
+        )
+    group.addoption(
+        "--taskctl-etcd-user",
+        metavar="USER:PASSWORD",
+        help="etcd credentials (env PYTEST_TASKCTL_ETCD_USER, ETCDCTL_USER)",
+    )
+
+
+def _add_feature_options(group: Any) -> None:
+    group.addoption(
+        "--resume",
+        "--run-until-complete",
+        dest="taskctl_resume",
+        action="store_true",
+        default=False,
+        help=RESUME_HELP,
+    )
+    group.addoption(
+        "--pause-on-failure", action="store_true", default=False, help=PAUSE_ON_FAILURE_HELP
+    )
+    group.addoption(
+        "--pause-timeout", metavar="SECONDS", type=seconds, default=300.0, help=PAUSE_TIMEOUT_HELP
+    )
+    group.addoption(
+        "--pause-checkpoint-mock", choices=sorted(RESULT_TOKENS), default=None, help=PAUSE_MOCK_HELP
+    )
+    group.addoption(
+        "--thread", dest="taskctl_threads", metavar="N", type=int, default=None, help=THREAD_HELP
+    )
+    group.addoption(
+        "--group-unit",
+        dest="taskctl_group_unit",
+        choices=GROUP_UNITS,
+        default=None,
+        help=GROUP_UNIT_HELP + " (ini group-unit)",
+    )

@@ -1,0 +1,85 @@
+"""What the run shows on pytest's terminal: header, pause news, end-of-run summary.
+
+Lines go through the terminal reporter, never into a test's captured output
+or onto a progress line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .config import RUN_ID_ENV
+
+if TYPE_CHECKING:
+    from .run import TaskRun
+
+
+def terminal_line(config: pytest.Config, text: str) -> None:
+    """A line on the terminal now, even while pytest captures output (pauses are news)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        terminal.ensure_newline()
+        terminal.write_line(text)
+
+
+def header_lines(run: TaskRun) -> list[str]:
+    settings = run.settings
+    lines = []
+    if settings.run_id_generated:
+        lines.append(
+            f"taskctl: warning: no run id given; run id {settings.run_id} "
+            f"(generated: pass --run-id or set {RUN_ID_ENV} to choose one)"
+        )
+    else:
+        lines.append(f"taskctl: run id {settings.run_id}")
+    if run.etcd_error:
+        lines.append(f"taskctl: warning: {run.etcd_error}; pause/cancel disabled for this run")
+    else:
+        lines.append(f"taskctl: control via {run.control_description}")
+    lines.extend(f"taskctl: warning: {problem}" for problem in settings.export.problems)
+    tracer = run.tracer
+    traces = str(tracer.traces_path) if tracer and tracer.traces_path else "off"
+    export = tracer.export_description if tracer else "off"
+    lines.append(f"taskctl: log {run.runlog.path}, traces {traces} ({export})")
+    return lines
+
+
+def summary_lines(run: TaskRun, header_shown: bool = True) -> list[str]:
+    """The end of the run; with ``-q`` (no header) also the header's warnings, once."""
+    settings = run.settings
+    lines = []
+    if settings.run_id_generated and not header_shown:
+        lines.append(f"taskctl: warning: no run id given; this run is {settings.run_id}")
+    if run.etcd_error and not header_shown:
+        lines.append(f"taskctl: warning: {run.etcd_error}; pause/cancel were disabled")
+    if not header_shown:
+        lines.extend(f"taskctl: warning: {problem}" for problem in settings.export.problems)
+    if run.stale_flags:
+        lines.append(
+            f"taskctl: note: cleared {' and '.join(run.stale_flags)} left over from an "
+            "earlier attempt"
+        )
+    if run.control.cancel_seen:
+        lines.append(
+            f"taskctl: run {settings.run_id} was cancelled through etcd "
+            f"({settings.keys.cancelled}); remaining tests were skipped"
+        )
+    if run.etcd_lost_at is not None:
+        lost = time.strftime("%H:%M:%S", time.localtime(run.etcd_lost_at))
+        lines.append(
+            f"taskctl: warning: etcd connection was lost at {lost}; tests were not affected"
+            + ("" if run.writes_landed else ", some status/result writes did not reach etcd")
+        )
+    lines.append(
+        f"taskctl: run {settings.run_id} {run.final_status or 'ended'}; "
+        f"log {run.runlog.path}"
+        + (f", traces {run.tracer.traces_path}" if run.tracer and run.tracer.traces_path else "")
+    )
+    return lines
