@@ -22,6 +22,7 @@ COLLECTOR_FILE = REPO / "collector-config" / "otel-collector.yaml"
 TEMPO_FILE = REPO / "collector-config" / "tempo.yaml"
 GRAFANA_DS_FILE = REPO / "collector-config" / "grafana-datasources.yaml"
 LOKI_FILE = REPO / "collector-config" / "loki.yaml"
+STACK_DOC = REPO / "docs" / "stack.md"
 
 # Bind-mount sources that are created at run time, not shipped in the repo:
 # ./logs holds logs/<run_id>/{pytest.log,traces.jsonl} written by pytest runs.
@@ -580,6 +581,15 @@ def test_grafana_links_logs_to_traces_by_trace_id():
     assert field["matcherType"] == "label"
     assert field["matcherRegex"] == "trace_id"
     assert field["url"] == "$${__value.raw}"
+
+
+def test_stack_doc_gives_a_bounded_tempo_search():
+    doc = STACK_DOC.read_text(encoding="utf-8")
+    commands = doc.replace("\\\n", " ").splitlines()  # join shell continuation lines
+    searches = [line for line in commands if "/api/search" in line and "curl" in line]
+    assert searches, "docs/stack.md should show a Tempo search with curl"
+    assert any(all(p in line for p in ("start=", "end=", "limit=")) for line in searches), searches
+    assert "docker-compose.yml" in doc and "127.0.0.1" in doc
 
 
 def test_docker_compose_config_is_valid():
