@@ -18,6 +18,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is needed: pip install pyyaml"
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
+LGTM_COMPOSE_FILE = REPO / "docker-compose.lgtm.yml"  # one container, for laptops
 COLLECTOR_FILE = REPO / "collector-config" / "otel-collector.yaml"
 TEMPO_FILE = REPO / "collector-config" / "tempo.yaml"
 GRAFANA_DS_FILE = REPO / "collector-config" / "grafana-datasources.yaml"
@@ -592,15 +593,31 @@ def test_stack_doc_gives_a_bounded_tempo_search():
     assert "docker-compose.yml" in doc and "127.0.0.1" in doc
 
 
-def test_docker_compose_config_is_valid():
+def test_lgtm_compose_file_is_pinned_local_and_has_etcd():
+    compose = load(LGTM_COMPOSE_FILE)
+    assert "version" not in compose
+    assert port_problems(compose) == []
+    services = compose["services"]
+    assert set(services) == {"etcd", "otel-lgtm"}
+    assert all(image_is_pinned(svc["image"]) for svc in services.values()), services
+    assert services["otel-lgtm"]["image"].startswith("grafana/otel-lgtm:")
+    # the same etcd as the full stack
+    assert services["etcd"]["image"] == load(COMPOSE_FILE)["services"]["etcd"]["image"]
+    published = {str(spec) for svc in services.values() for spec in svc["ports"]}
+    assert {"127.0.0.1:4317:4317", "127.0.0.1:4318:4318", "127.0.0.1:3000:3000",
+            "127.0.0.1:2379:2379"} <= published
+
+
+@pytest.mark.parametrize("compose_file", [COMPOSE_FILE, LGTM_COMPOSE_FILE], ids=lambda p: p.name)
+def test_docker_compose_config_is_valid(compose_file):
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip(
-            "docker-compose not on PATH; install it to validate docker-compose.yml "
+            "docker-compose not on PATH; install it to validate the compose files "
             "offline (Debian/Ubuntu: apt-get install docker-compose)"
         )
     proc = subprocess.run(
-        [binary, "-f", str(COMPOSE_FILE), "config", "-q"],
+        [binary, "-f", str(compose_file), "config", "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,
