@@ -199,7 +199,7 @@ def datasource_link_problems(datasources):
     plus data sources without a uid or with a duplicate one."""
     problems = []
     uids = [ds.get("uid") for ds in datasources]
-    for ds, uid in zip(datasources, uids):
+    for ds, uid in zip(datasources, uids, strict=True):
         if not uid:
             problems.append(f"data source {ds.get('name')!r} has no uid")
     for uid in {u for u in uids if u and uids.count(u) > 1}:
@@ -316,7 +316,9 @@ def test_pipeline_check_reports_undefined_and_unused_components():
     problems = pipeline_problems(broken)
     assert any("undefined exporter 'otlp_grpc/jaeger'" in p for p in problems), problems
     assert any("exporter 'debug' is defined but used by no pipeline" in p for p in problems)
-    assert any("exporter 'otlp_grpc/tempo' is defined but used by no pipeline" in p for p in problems)
+    assert any(
+        "exporter 'otlp_grpc/tempo' is defined but used by no pipeline" in p for p in problems
+    )
     assert len(problems) == 3, problems
 
 
@@ -346,11 +348,19 @@ def test_pipeline_check_follows_connectors_and_extensions():
     }
     assert pipeline_problems(good) == []
 
-    one_sided = {**good, "service": {**good["service"], "pipelines": {
-        "traces": good["service"]["pipelines"]["traces"],
-        "metrics/other": {"receivers": ["otlp"], "exporters": ["otlp_http/prometheus"]},
-    }}}
-    assert pipeline_problems(one_sided) == ["connector 'spanmetrics' is used as no pipeline's receiver"]
+    one_sided = {
+        **good,
+        "service": {
+            **good["service"],
+            "pipelines": {
+                "traces": good["service"]["pipelines"]["traces"],
+                "metrics/other": {"receivers": ["otlp"], "exporters": ["otlp_http/prometheus"]},
+            },
+        },
+    }
+    assert pipeline_problems(one_sided) == [
+        "connector 'spanmetrics' is used as no pipeline's receiver"
+    ]
 
     no_ext = {**good, "service": {**good["service"], "extensions": []}}
     problems = pipeline_problems(no_ext)
@@ -421,13 +431,22 @@ def test_compose_ports_are_bound_to_localhost():
 
 
 def test_port_check_rejects_ports_open_to_every_interface():
-    compose = {"services": {
-        "a": {"ports": ["4317:4317", "127.0.0.1:4318:4318", 9000, "0.0.0.0:1:1"]},
-        "b": {"ports": [{"target": 3000, "published": 3000},
-                        {"target": 3100, "published": 3100, "host_ip": "127.0.0.1"}]},
-    }}
+    compose = {
+        "services": {
+            "a": {"ports": ["4317:4317", "127.0.0.1:4318:4318", 9000, "0.0.0.0:1:1"]},
+            "b": {
+                "ports": [
+                    {"target": 3000, "published": 3000},
+                    {"target": 3100, "published": 3100, "host_ip": "127.0.0.1"},
+                ]
+            },
+        }
+    }
     assert port_problems(compose) == [
-        "a: 4317:4317", "a: 9000", "a: 0.0.0.0:1:1", "b: {'target': 3000, 'published': 3000}",
+        "a: 4317:4317",
+        "a: 9000",
+        "a: 0.0.0.0:1:1",
+        "b: {'target': 3000, 'published': 3000}",
     ]
 
 
@@ -528,7 +547,9 @@ def test_loki_config_accepts_otlp():
     assert loki["auth_enabled"] is False  # single tenant: no X-Scope-OrgID needed
     # OTLP attributes and trace ids land in structured metadata
     assert loki["limits_config"]["allow_structured_metadata"] is True
-    assert all(c["schema"] == "v13" and c["store"] == "tsdb" for c in loki["schema_config"]["configs"])
+    assert all(
+        c["schema"] == "v13" and c["store"] == "tsdb" for c in loki["schema_config"]["configs"]
+    )
     assert loki["common"]["path_prefix"] == "/loki"
     mounts = {t: s for s, t in map(split_volume, load(COMPOSE_FILE)["services"]["loki"]["volumes"])}
     assert "/loki" in mounts
@@ -543,19 +564,27 @@ def test_grafana_datasource_links_point_to_existing_uids():
 
 def test_datasource_link_check_reports_unknown_and_duplicate_uids():
     datasources = [
-        {"name": "Tempo", "uid": "tempo",
-         "jsonData": {"tracesToLogsV2": {"datasourceUid": "logs"}}},
-        {"name": "Loki", "uid": "loki",
-         "jsonData": {"derivedFields": [{"datasourceUid": "tempo"}, {"datasourceUid": "tmpo"}]}},
+        {
+            "name": "Tempo",
+            "uid": "tempo",
+            "jsonData": {"tracesToLogsV2": {"datasourceUid": "logs"}},
+        },
+        {
+            "name": "Loki",
+            "uid": "loki",
+            "jsonData": {"derivedFields": [{"datasourceUid": "tempo"}, {"datasourceUid": "tmpo"}]},
+        },
         {"name": "Other", "uid": "loki"},
         {"name": "NoUid"},
     ]
-    assert sorted(datasource_link_problems(datasources)) == sorted([
-        "data source 'NoUid' has no uid",
-        "uid 'loki' is used by more than one data source",
-        "Tempo: jsonData.tracesToLogsV2.datasourceUid -> unknown uid 'logs'",
-        "Loki: jsonData.derivedFields.1.datasourceUid -> unknown uid 'tmpo'",
-    ])
+    assert sorted(datasource_link_problems(datasources)) == sorted(
+        [
+            "data source 'NoUid' has no uid",
+            "uid 'loki' is used by more than one data source",
+            "Tempo: jsonData.tracesToLogsV2.datasourceUid -> unknown uid 'logs'",
+            "Loki: jsonData.derivedFields.1.datasourceUid -> unknown uid 'tmpo'",
+        ]
+    )
 
 
 def test_grafana_links_traces_to_logs_by_trace_id():
@@ -604,8 +633,12 @@ def test_lgtm_compose_file_is_pinned_local_and_has_etcd():
     # the same etcd as the full stack
     assert services["etcd"]["image"] == load(COMPOSE_FILE)["services"]["etcd"]["image"]
     published = {str(spec) for svc in services.values() for spec in svc["ports"]}
-    assert {"127.0.0.1:4317:4317", "127.0.0.1:4318:4318", "127.0.0.1:3000:3000",
-            "127.0.0.1:2379:2379"} <= published
+    assert {
+        "127.0.0.1:4317:4317",
+        "127.0.0.1:4318:4318",
+        "127.0.0.1:3000:3000",
+        "127.0.0.1:2379:2379",
+    } <= published
 
 
 @pytest.mark.parametrize("compose_file", [COMPOSE_FILE, LGTM_COMPOSE_FILE], ids=lambda p: p.name)
