@@ -1,7 +1,7 @@
 """``taskctl watch``: a run's live progress until it ends, from watched etcd keys.
 
-Kept apart from :mod:`pytest_taskctl.cli` (parser, context, the other
-subcommands) because the live display is most of its size.
+It reads runs through :mod:`.views` like ``status`` does, so a watched run
+and ``taskctl status`` never disagree; the live display is most of its size.
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ from ..etcd.store import RangeResult, StateStore, WatchedRange
 from ..keys import FINAL_STATUSES
 from ..process import local_process_dead
 from ..records import json_object
-from .commands import (
+from .context import EXIT_OK, CommandFailed, Context, add_run_id, non_negative_float
+from .views import (
     COUNT_NAMES,
-    EXIT_OK,
-    CommandFailed,
-    Context,
-    _non_negative_float,
-    add_run_id,
     flag_notes,
     format_duration,
     format_line,
@@ -297,7 +293,7 @@ def watch_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_id(parser)
     parser.add_argument(
         "--interval",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.5,
         metavar="SECONDS",
         help="show at most one update per SECONDS (default 0.5; the end is shown at once); "
