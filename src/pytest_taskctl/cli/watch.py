@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from ..etcd.connection import ConnectionCallback, JointConnection
 from ..etcd.store import RangeResult, StateStore, WatchedRange
 from ..keys import FINAL_STATUSES
 from ..process import local_process_dead
@@ -169,24 +169,22 @@ class RunView:
 
     def __init__(self, store: StateStore, run_id: str) -> None:
         self.keys = store.keys(run_id)
+        self._joint = JointConnection()
         ranges = store.leaf_ranges(run_id)
         self._initial: list[RangeResult] = [store.gateway.range(*bounds) for bounds in ranges]
         self._views = [
-            WatchedRange(store.gateway, start, end, on_connection_change=self._connection(i))
+            WatchedRange(store.gateway, start, end, on_connection_change=self._joint.callback(i))
             for i, (start, end) in enumerate(ranges)
         ]
-        self._on_connection_change: Callable[[bool, BaseException | None], None] | None = None
-        self._down: set[int] = set()
-        self._lock = threading.Lock()
 
     @property
     def found(self) -> bool:
         """Whether any run-level key existed when the view was made."""
         return any(result.kvs for result in self._initial)
 
-    def start(self, on_connection_change: Callable[[bool, BaseException | None], None]) -> None:
+    def start(self, on_connection_change: ConnectionCallback) -> None:
         """Start watching; ``on_connection_change`` hears when etcd is lost and back (once each)."""
-        self._on_connection_change = on_connection_change
+        self._joint.on_change = on_connection_change
         for view, initial in zip(self._views, self._initial, strict=True):
             view.start(initial)
 
@@ -215,20 +213,6 @@ class RunView:
                 return True
             if time.monotonic() >= deadline:
                 return False
-
-    def _connection(self, index: int) -> Callable[[bool, BaseException | None], None]:
-        def changed(connected: bool, error: BaseException | None) -> None:
-            with self._lock:
-                was_down = bool(self._down)
-                if connected:
-                    self._down.discard(index)
-                else:
-                    self._down.add(index)
-                down = bool(self._down)
-            if down != was_down and self._on_connection_change is not None:
-                self._on_connection_change(not down, error)
-
-        return changed
 
 
 def _final(leaves: Mapping[str, bytes]) -> bool:
