@@ -4,6 +4,7 @@
 ``default_commands`` let a caller add subcommands to the same parser.
 """
 
-from .commands import Command, Context, add_run_id, build_parser, default_commands, main
+from .app import Command, build_parser, default_commands, main
+from .context import Context, add_run_id
 
 __all__ = ["Command", "Context", "add_run_id", "build_parser", "default_commands", "main"]

@@ -1,29 +1,25 @@
 """``taskctl watch``: a run's live progress until it ends, from watched etcd keys.
 
-Kept apart from :mod:`pytest_taskctl.cli` (parser, context, the other
-subcommands) because the live display is most of its size.
+It reads runs through :mod:`.views` like ``status`` does, so a watched run
+and ``taskctl status`` never disagree; the live display is most of its size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from ..etcd.connection import ConnectionCallback, JointConnection
 from ..etcd.store import RangeResult, StateStore, WatchedRange
 from ..keys import FINAL_STATUSES
 from ..process import local_process_dead
 from ..records import json_object
-from .commands import (
+from .context import EXIT_OK, CommandFailed, Context, add_run_id, non_negative_float
+from .views import (
     COUNT_NAMES,
-    EXIT_OK,
-    CommandFailed,
-    Context,
-    _non_negative_float,
-    add_run_id,
     flag_notes,
     format_duration,
     format_line,
@@ -173,24 +169,22 @@ class RunView:
 
     def __init__(self, store: StateStore, run_id: str) -> None:
         self.keys = store.keys(run_id)
+        self._joint = JointConnection()
         ranges = store.leaf_ranges(run_id)
         self._initial: list[RangeResult] = [store.gateway.range(*bounds) for bounds in ranges]
         self._views = [
-            WatchedRange(store.gateway, start, end, on_connection_change=self._connection(i))
+            WatchedRange(store.gateway, start, end, on_connection_change=self._joint.callback(i))
             for i, (start, end) in enumerate(ranges)
         ]
-        self._on_connection_change: Callable[[bool, BaseException | None], None] | None = None
-        self._down: set[int] = set()
-        self._lock = threading.Lock()
 
     @property
     def found(self) -> bool:
         """Whether any run-level key existed when the view was made."""
         return any(result.kvs for result in self._initial)
 
-    def start(self, on_connection_change: Callable[[bool, BaseException | None], None]) -> None:
+    def start(self, on_connection_change: ConnectionCallback) -> None:
         """Start watching; ``on_connection_change`` hears when etcd is lost and back (once each)."""
-        self._on_connection_change = on_connection_change
+        self._joint.on_change = on_connection_change
         for view, initial in zip(self._views, self._initial, strict=True):
             view.start(initial)
 
@@ -219,20 +213,6 @@ class RunView:
                 return True
             if time.monotonic() >= deadline:
                 return False
-
-    def _connection(self, index: int) -> Callable[[bool, BaseException | None], None]:
-        def changed(connected: bool, error: BaseException | None) -> None:
-            with self._lock:
-                was_down = bool(self._down)
-                if connected:
-                    self._down.discard(index)
-                else:
-                    self._down.add(index)
-                down = bool(self._down)
-            if down != was_down and self._on_connection_change is not None:
-                self._on_connection_change(not down, error)
-
-        return changed
 
 
 def _final(leaves: Mapping[str, bytes]) -> bool:
@@ -297,7 +277,7 @@ def watch_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_id(parser)
     parser.add_argument(
         "--interval",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.5,
         metavar="SECONDS",
         help="show at most one update per SECONDS (default 0.5; the end is shown at once); "

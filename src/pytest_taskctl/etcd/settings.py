@@ -144,3 +144,80 @@ def resolve_prefix(option: str | None, environ: Mapping[str, str] | None = None)
         option, "--taskctl-prefix", PREFIX_ENV, os.environ if environ is None else environ
     )
     return normalize_prefix(value or DEFAULT_PREFIX)
+
+
+@dataclass(frozen=True)
+class EtcdOption:
+    """One etcd connection option, as both front ends offer it.
+
+    The pytest plugin adds :attr:`pytest_flag` (its dest follows from the
+    flag: ``--taskctl-etcd-cacert`` -> ``taskctl_etcd_cacert``); ``taskctl``
+    adds :attr:`cli_flags` with ``dest=`` :attr:`setting`, the keyword of
+    :meth:`EtcdSettings.resolve` (or ``prefix`` for :func:`resolve_prefix`).
+    Help, metavar and environment variables are written only here, so the
+    two front ends cannot drift apart.
+    """
+
+    setting: str
+    pytest_flag: str
+    #: taskctl's spellings: its own and etcdctl's, so etcdctl habits work.
+    cli_flags: tuple[str, ...]
+    metavar: str
+    what: str
+    env: tuple[str, ...]
+    #: After the environment variables in the help: the default, or more sources.
+    note: str | None = None
+
+    @property
+    def help(self) -> str:
+        """``what (env A, B; note)``: where a value comes from when the option is not given."""
+        sources = "env " + ", ".join(self.env)
+        if self.note:
+            sources += f"; {self.note}"
+        return f"{self.what} ({sources})"
+
+
+def _tls_option(setting: str, what: str, env: tuple[str, ...]) -> EtcdOption:
+    return EtcdOption(
+        setting,
+        f"--taskctl-etcd-{setting}",
+        (f"--{setting}", f"--etcd-{setting}"),
+        "FILE",
+        f"TLS {what}",
+        env,
+    )
+
+
+#: The etcd connection options, in the order help lists them.
+ETCD_OPTIONS: tuple[EtcdOption, ...] = (
+    EtcdOption(
+        "endpoints",
+        "--taskctl-etcd",
+        ("--etcd", "--endpoints"),
+        "HOST:PORT[,...]",
+        "etcd endpoints, also http(s):// URLs",
+        ENDPOINT_ENV,
+        f"default {DEFAULT_ENDPOINT}",
+    ),
+    EtcdOption(
+        "prefix",
+        "--taskctl-prefix",
+        ("--prefix",),
+        "PREFIX",
+        "key prefix of the runs",
+        PREFIX_ENV,
+        f"default {DEFAULT_PREFIX}",
+    ),
+    _tls_option("cacert", "CA file", CACERT_ENV),
+    _tls_option("cert", "client certificate", CERT_ENV),
+    _tls_option("key", "client key", KEY_ENV),
+    EtcdOption(
+        "user",
+        "--taskctl-etcd-user",
+        ("--user", "--etcd-user"),
+        "USER[:PASSWORD]",
+        "etcd credentials",
+        USER_ENV,
+        "a password given apart: " + ", ".join(PASSWORD_ENV),
+    ),
+)
