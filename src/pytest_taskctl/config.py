@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .etcd.settings import EtcdSettings, SettingError, resolve_prefix
+from .etcd.settings import ETCD_OPTIONS, EtcdSettings, SettingError, resolve_prefix
 from .keys import InvalidRunId, RunKeys, validate_run_id
 from .telemetry.export import ExportConfig, InvalidExportConfig
 from .telemetry.logs import parse_level
@@ -27,8 +27,13 @@ TRACE_MODES = ("test", "session")
 
 #: Options whose value is a secret, whatever program they belong to.
 SECRET_OPTION = re.compile(r"^--?[\w-]*(password|passwd|secret|token|api[-_]?key)[\w-]*$", re.I)
-#: Options whose value is ``user:password``: the user stays readable.
-USER_OPTIONS = frozenset({"--taskctl-etcd-user", "--etcd-user", "--user"})
+#: Options whose value is ``user:password`` (ours and taskctl's): the user stays readable.
+USER_OPTIONS = frozenset(
+    flag
+    for option in ETCD_OPTIONS
+    if option.setting == "user"
+    for flag in (option.pytest_flag, *option.cli_flags)
+)
 URL_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
 
 

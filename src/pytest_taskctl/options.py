@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from .etcd.settings import ETCD_OPTIONS
 from .features.pauses import RESULT_TOKENS
 
 LOG_DIR_HELP = "directory for <run_id>/pytest.log and traces.jsonl (default: logs)"
@@ -49,7 +50,6 @@ GROUP_MARKER = (
     "marker wins). Tests of one group run one at a time in collection order under --thread; "
     "group() with no names: ungrouped."
 )
-ETCD_TLS_OPTIONS = (("cacert", "CA file"), ("cert", "client certificate"), ("key", "client key"))
 
 
 def seconds(text: str) -> float:
@@ -87,28 +87,8 @@ def _add_output_options(group: Any) -> None:
 
 
 def _add_etcd_options(group: Any) -> None:
-    group.addoption(
-        "--taskctl-etcd",
-        metavar="HOST:PORT[,...]",
-        help="etcd endpoints (env PYTEST_TASKCTL_ETCD, ETCDCTL_ENDPOINTS; default 127.0.0.1:2379)",
-    )
-    group.addoption(
-        "--taskctl-prefix",
-        metavar="PREFIX",
-        help="etcd key prefix (env PYTEST_TASKCTL_PREFIX; default /pytest-taskctl)",
-    )
-    for name, what in ETCD_TLS_OPTIONS:
-        group.addoption(
-            f"--taskctl-etcd-{name}",
-            metavar="FILE",
-            help=f"etcd TLS {what} "
-            f"(env PYTEST_TASKCTL_ETCD_{name.upper()}, ETCDCTL_{name.upper()})",
-        )
-    group.addoption(
-        "--taskctl-etcd-user",
-        metavar="USER:PASSWORD",
-        help="etcd credentials (env PYTEST_TASKCTL_ETCD_USER, ETCDCTL_USER)",
-    )
+    for option in ETCD_OPTIONS:  # the same table as taskctl's --etcd, --cacert, ...
+        group.addoption(option.pytest_flag, metavar=option.metavar, help=option.help)
 
 
 def _add_feature_options(group: Any) -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from .config import RunSettings, redact_argv
 from .control import CANCEL_REASON, RunControl
+from .etcd.connection import JointConnection
 from .etcd.store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
 from .outcome import TestOutcome
 from .process import process_identity
@@ -69,8 +69,7 @@ class TaskRun:
         self.outcomes: dict[str, TestOutcome] = {}
         self.final_status = ""
         self.signals = SigtermInterrupts()
-        self._lost_lock = threading.Lock()
-        self._lost_parts: set[str] = set()
+        self._connection = JointConnection(self._connection_changed)
         self._closed = False
         #: Ctrl-C or ``pytest.exit`` seen by pytest's keyboard-interrupt hook.
         self.keyboard_interrupt = False
@@ -125,7 +124,7 @@ class TaskRun:
             log.warning("%s; pause/cancel disabled for this run", exc)
             return
         self.writer = KeyWriter(
-            self.gateway, on_connection_change=self._connection_callback("writer")
+            self.gateway, on_connection_change=self._connection.callback("writer")
         )
 
     def _watch_flags(self) -> None:
@@ -152,32 +151,20 @@ class TaskRun:
                 self.settings.run_id,
             )
         self.view = WatchedRange(
-            self.gateway, start, end, on_connection_change=self._connection_callback("watch")
+            self.gateway, start, end, on_connection_change=self._connection.callback("watch")
         ).start(initial)
         self.control = RunControl(
             keys, self.view, self.writer, publish=not self.is_worker, notify=self.notify
         )
 
-    def _connection_callback(self, part: str) -> Callable[[bool, BaseException | None], None]:
+    def _connection_changed(self, connected: bool, error: BaseException | None) -> None:
         """Warn once when etcd is lost (by any part) and once when every part has it back."""
-
-        def changed(connected: bool, error: BaseException | None) -> None:
-            with self._lost_lock:
-                was_lost = bool(self._lost_parts)
-                if connected:
-                    self._lost_parts.discard(part)
-                else:
-                    self._lost_parts.add(part)
-                if self._lost_parts and not was_lost:
-                    if self.etcd_lost_at is None:
-                        self.etcd_lost_at = time.time()
-                    log.warning(
-                        "lost etcd (%s); tests go on, reconnecting in the background", error
-                    )
-                elif was_lost and not self._lost_parts:
-                    log.warning("etcd is back; pause and cancel work again")
-
-        return changed
+        if not connected:
+            if self.etcd_lost_at is None:
+                self.etcd_lost_at = time.time()
+            log.warning("lost etcd (%s); tests go on, reconnecting in the background", error)
+        else:
+            log.warning("etcd is back; pause and cancel work again")
 
     def _meta(self, argv: list[str]) -> dict[str, Any]:
         assert self.tracer is not None
