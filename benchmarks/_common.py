@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent import futures
 from pathlib import Path
 
 sys.dont_write_bytecode = True  # the benchmarks write nothing inside the repository
@@ -186,3 +187,52 @@ def report_end(bad: list[str], started: float) -> int:
             print(f"- {line}")
     print(f"\nTotal benchmark time {time.monotonic() - started:.0f} s.")
     return 1 if bad else 0
+
+
+class Receiver:
+    """A real OTLP/gRPC endpoint (traces and logs) that only counts what it gets."""
+
+    def __init__(self) -> None:
+        import grpc
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        receiver = self
+        self.spans = 0
+        self.log_records = 0
+        self.lock = threading.Lock()
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+                count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                with receiver.lock:
+                    receiver.spans += count
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+                count = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+                with receiver.lock:
+                    receiver.log_records += count
+                return logs_service_pb2.ExportLogsServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)  # type: ignore[no-untyped-call]
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.server.start()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.spans = self.log_records = 0
+
+    def counts(self) -> tuple[int, int]:
+        with self.lock:
+            return self.spans, self.log_records
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
