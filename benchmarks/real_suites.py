@@ -55,10 +55,7 @@ from _common import (  # noqa: E402
     report_end,
 )
 
-try:  # noqa: SIM105 - the module moved in the package reorganisation
-    from pytest_taskctl.server import EmbeddedEtcd, free_port  # noqa: E402
-except ImportError:  # pragma: no cover
-    from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # type: ignore[no-redef]  # noqa: E402
+from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PYTEST_PIN = "pytest==9.2.0"
