@@ -29,7 +29,24 @@ from pytest_taskctl import StateStore
 from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port
 
 BIN = Path(sys.executable).parent
-INNER_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+
+
+def _asyncio_knows_loop_scope() -> bool:
+    """pytest-asyncio >= 0.24 warns when the key is unset; older ones (the newest for pytest
+    < 8.2 is 0.23) warn that it is unknown."""
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(part) for part in version("pytest-asyncio").split(".")[:2])
+    except Exception:
+        return True
+    return (major, minor) >= (0, 24)
+
+
+#: What every inner run's ini starts with (append more lines to it).
+INNER_INI = "[pytest]\n" + (
+    "asyncio_default_fixture_loop_scope = function\n" if _asyncio_knows_loop_scope() else ""
+)
 
 
 @pytest.fixture(scope="session")
