@@ -648,7 +648,7 @@ class ThreadWarnings:
             warnings._showwarnmsg_impl = self._route  # type: ignore[attr-defined]
             pytest8 = not hasattr(config, "_catch_configured_warnings")
             if pytest8:  # its catch_warnings_for_item inlines the filters: swap the whole helper
-                _pytest.warnings.catch_warnings_for_item = self._for_item  # type: ignore[assignment]
+                _pytest.warnings.catch_warnings_for_item = self._for_item
             else:
                 config._catch_configured_warnings = self._for_test
             try:
