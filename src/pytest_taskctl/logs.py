@@ -51,7 +51,7 @@ class BufferedFileHandler(logging.FileHandler):
         self._dirty = False
         self._stamp_second = -1
         self._stamp = ""
-        self._closed = threading.Event()
+        self._stopped = threading.Event()  # not _closed: FileHandler.close sets that to True
         self._flusher = threading.Thread(target=self._flush_loop, name="taskctl-log", daemon=True)
         self._flusher.start()
 
@@ -92,7 +92,7 @@ class BufferedFileHandler(logging.FileHandler):
         super().flush()
 
     def _flush_loop(self) -> None:
-        while not self._closed.wait(self.interval):
+        while not self._stopped.wait(self.interval):
             if self._dirty:
                 self.acquire()
                 try:
@@ -102,7 +102,7 @@ class BufferedFileHandler(logging.FileHandler):
                     self.release()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopped.set()
         super().close()
 
 
