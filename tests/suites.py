@@ -122,6 +122,8 @@ class RunningSuite:
         """End the run if it is still going (a failed test must not leave it behind)."""
         if self.process is not None:
             stop_process(self.process)
+            if self.process.stdout is not None:  # else a ResourceWarning fails a later test
+                self.process.stdout.close()
 
     @property
     def returncode(self) -> int | None:

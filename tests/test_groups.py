@@ -107,14 +107,14 @@ def test_bad_options_are_usage_errors(ptr: pytest.Pytester, args: list[str], mes
 
 
 def test_bad_ini_unit_and_bad_marker_are_usage_errors(ptr: pytest.Pytester) -> None:
-    ptr.makeini("[pytest]\ngroup-unit = package\nasyncio_default_fixture_loop_scope = function\n")
+    ptr.makeini(INNER_INI + "group-unit = package\n")
     ptr.makepyfile("def test_a(): pass\n")
     result = ptr.runpytest("--thread", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["ERROR: invalid ini value group-unit = 'package': use module, class or function"]
     )
-    ptr.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    ptr.makeini(INNER_INI)
     ptr.makepyfile("import pytest\n@pytest.mark.group(name='db')\ndef test_a(): pass\n")
     result = ptr.runpytest("--thread", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -429,7 +429,7 @@ def test_reports_verbose_junit_and_last_failed(ptr: pytest.Pytester) -> None:
 
 
 def test_configured_warning_filters_apply_on_every_thread(ptr: pytest.Pytester) -> None:
-    ptr.makeini("[pytest]\nfilterwarnings = error\nasyncio_default_fixture_loop_scope = function\n")
+    ptr.makeini(INNER_INI + "filterwarnings = error\n")
     ptr.makepyfile(
         """
         import warnings, pytest

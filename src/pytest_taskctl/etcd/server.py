@@ -62,14 +62,22 @@ class EmbeddedEtcd:
         host: str = "127.0.0.1",
         name: str = "taskctl",
         tls: tuple[str, str, str] | None = None,
+        binary: str | None = None,
+        initial_cluster: str | None = None,
     ) -> None:
-        """``tls``: ``(cert_file, key_file, trusted_ca_file)`` to serve clients over HTTPS."""
+        """``tls``: ``(cert_file, key_file, trusted_ca_file)`` to serve clients over HTTPS.
+
+        ``binary``: the etcd executable (default: :func:`etcd_binary`). ``initial_cluster``:
+        ``name=peer-url,...`` of every member, to start one member of a cluster.
+        """
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.peer_port = peer_port or free_port(host)
         self.name = name
         self.tls = tls
+        self.binary = binary
+        self.initial_cluster = initial_cluster
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
 
@@ -85,14 +93,14 @@ class EmbeddedEtcd:
     def command(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
         return [
-            etcd_binary("etcd"),
+            self.binary or etcd_binary("etcd"),
             "--name", self.name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.url,
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
             "--log-level", "warn",
             *(
                 ["--cert-file", self.tls[0], "--key-file", self.tls[1],
@@ -101,7 +109,8 @@ class EmbeddedEtcd:
             ),
         ]  # fmt: skip
 
-    def start(self, timeout: float = 15.0) -> EmbeddedEtcd:
+    def start(self, timeout: float = 15.0, wait: bool = True) -> EmbeddedEtcd:
+        """Start etcd; ``wait``: return once healthy (a cluster member is healthy with quorum)."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -110,6 +119,10 @@ class EmbeddedEtcd:
             )
         finally:
             log_file.close()
+        return self.wait_healthy(timeout) if wait else self
+
+    def wait_healthy(self, timeout: float = 15.0) -> EmbeddedEtcd:
+        assert self.process is not None, "not started"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

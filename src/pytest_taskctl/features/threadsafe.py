@@ -24,6 +24,7 @@ themselves (:func:`runs_alone`) are run with nothing beside them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -34,9 +35,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import _pytest.fixtures
+import _pytest.warnings
 import pytest
 from _pytest.capture import CaptureIO, CaptureResult, TeeCaptureIO
-from _pytest.fixtures import FixtureDef, RequestFixtureDef
+from _pytest.config import apply_warning_filters, parse_warning_filter
+from _pytest.fixtures import FixtureDef
 from _pytest.logging import LogCaptureHandler
 from _pytest.nodes import Node
 from _pytest.outcomes import TEST_OUTCOME
@@ -50,6 +54,10 @@ RUNS_ALONE_FIXTURES = frozenset(
 )
 TMP_PATH_FIXTURES = frozenset({"tmp_path", "tmpdir", "tmp_path_factory", "tmpdir_factory"})
 CURRENT_TEST_VAR = "PYTEST_CURRENT_TEST"
+
+# pytest >= 9 gives ``request`` a FixtureDef subclass, created per request (never
+# cached per node); pytest 8's PseudoFixtureDef is no FixtureDef at all.
+_RequestFixtureDef: type | None = getattr(_pytest.fixtures, "RequestFixtureDef", None)
 
 
 def runs_alone(item: pytest.Item) -> bool:
@@ -344,7 +352,9 @@ def cache_fixtures_per_node(session: pytest.Session) -> int:
     converted = 0
     for fixturedef in fixturedefs:
         cls = type(fixturedef)
-        if issubclass(cls, PerNodeFixtureDef) or issubclass(cls, RequestFixtureDef):
+        if issubclass(cls, PerNodeFixtureDef) or (
+            _RequestFixtureDef is not None and issubclass(cls, _RequestFixtureDef)
+        ):
             continue
         per_node = _per_node_classes.get(cls)
         if per_node is None:
@@ -542,6 +552,27 @@ def log_capture_per_thread(config: pytest.Config) -> Iterator[None]:
         root.setLevel(saved_level)
 
 
+_CATCH_WARNINGS_FOR_ITEM = _pytest.warnings.catch_warnings_for_item
+
+
+@contextlib.contextmanager
+def _configured_warnings(
+    config: pytest.Config, *, record: bool
+) -> Iterator[list[warnings.WarningMessage] | None]:
+    """pytest 9's ``Config._catch_configured_warnings``, as pytest 8 inlines it per test."""
+    with warnings.catch_warnings(record=record) as log:
+        if not sys.warnoptions:
+            warnings.filterwarnings("always", category=DeprecationWarning)
+            warnings.filterwarnings("always", category=PendingDeprecationWarning)
+        removed_in_8 = getattr(pytest, "PytestRemovedIn8Warning", None)  # pytest 8.0 only
+        if removed_in_8 is not None:
+            warnings.filterwarnings("error", category=removed_in_8)
+        apply_warning_filters(
+            config.getini("filterwarnings"), config.known_args_namespace.pythonwarnings or []
+        )
+        yield log
+
+
 class ThreadWarnings:
     """Warnings recorded per test on threads; configured filters apply to every thread.
 
@@ -557,7 +588,10 @@ class ThreadWarnings:
 
     def __init__(self, config: pytest.Config) -> None:
         self._config = config
-        self._original: Any = config._catch_configured_warnings
+        # pytest 8 has no Config._catch_configured_warnings: the same set-up inline.
+        self._original: Any = getattr(
+            config, "_catch_configured_warnings", functools.partial(_configured_warnings, config)
+        )
         self._outside: list[warnings.WarningMessage] = []
 
     def _route(self, message: warnings.WarningMessage) -> None:
@@ -584,16 +618,46 @@ class ThreadWarnings:
             worker_state.warnings_log = None
 
     @contextlib.contextmanager
+    def _for_item(
+        self, config: Any, ihook: Any, when: Any, item: pytest.Item | None, *, record: bool = True
+    ) -> Iterator[None]:
+        """pytest 9's ``catch_warnings_for_item``, for pytest 8: filters from :meth:`_for_test`."""
+        with self._for_test(record=record) as log:
+            if item is not None:
+                for mark in item.iter_markers(name="filterwarnings"):
+                    for arg in mark.args:
+                        warnings.filterwarnings(*parse_warning_filter(arg, escape=False))
+            try:
+                yield
+            finally:
+                for message in log or ():
+                    ihook.pytest_warning_recorded.call_historic(
+                        kwargs=dict(
+                            warning_message=message,
+                            nodeid="" if item is None else item.nodeid,
+                            when=when,
+                            location=None,
+                        )
+                    )
+
+    @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         config: Any = self._config
         with self._original(record=True) as outside:
             self._outside = outside
             warnings._showwarnmsg_impl = self._route  # type: ignore[attr-defined]
-            config._catch_configured_warnings = self._for_test
+            pytest8 = not hasattr(config, "_catch_configured_warnings")
+            if pytest8:  # its catch_warnings_for_item inlines the filters: swap the whole helper
+                _pytest.warnings.catch_warnings_for_item = self._for_item
+            else:
+                config._catch_configured_warnings = self._for_test
             try:
                 yield
             finally:
-                del config._catch_configured_warnings
+                if pytest8:
+                    _pytest.warnings.catch_warnings_for_item = _CATCH_WARNINGS_FOR_ITEM
+                else:
+                    del config._catch_configured_warnings
         for message in self._outside:
             config.hook.pytest_warning_recorded.call_historic(
                 kwargs=dict(warning_message=message, nodeid="", when="runtest", location=None)

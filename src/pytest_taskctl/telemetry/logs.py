@@ -52,7 +52,7 @@ class BufferedFileHandler(logging.FileHandler):
         self._dirty = False
         self._stamp_second = -1
         self._stamp = ""
-        self._stopped = threading.Event()
+        self._stopped = threading.Event()  # not _closed: FileHandler.close sets that to True
         self._flusher = threading.Thread(target=self._flush_loop, name="taskctl-log", daemon=True)
         self._flusher.start()
 
