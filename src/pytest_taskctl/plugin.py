@@ -56,7 +56,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _register_features(config: pytest.Config, run: TaskRun) -> None:
     """Each feature's module is imported only when this run uses it."""
+    from . import reports
     from .features import livepause, resume
+
+    junit = bool(getattr(config.option, "xmlpath", None))
+    links = reports.TraceLinks(run, SPAN_KEY, junit=junit)
+    config.pluginmanager.register(links, "taskctl-trace-links")
 
     config.pluginmanager.register(resume.make_plugin(config, run), "taskctl-resume")
     config.pluginmanager.register(livepause.make_plugin(config, run), "taskctl-livepause")
