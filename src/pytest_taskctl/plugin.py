@@ -51,6 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
+        from .xdist import XdistController  # one session span, PAUSED from workers' reports
+
+        config.pluginmanager.register(XdistController(run), "taskctl-xdist")
     _register_features(config, run)
 
 
