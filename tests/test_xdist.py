@@ -139,3 +139,27 @@ def test_cancel_skips_on_every_worker(suite, etcdctl: Etcdctl, prefix: str) -> N
     assert skipped_on == {"gw0", "gw1"}, output
     assert sum(line.startswith("start ") for line in run.lines()) == 2, "nothing new started"
     assert re.search(r"2 passed, 6 skipped", output), output
+
+
+def test_resume_counts_on_the_controller(
+    ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ptr.makepyfile(
+        "import os, pytest\n"
+        "@pytest.mark.parametrize('n', range(6))\n"
+        "def test_a(n): assert n % 3 or os.environ.get('FIXED')\n"
+    )
+    ptr.runpytest_subprocess("-n", "2", "--run-id", "xr").assert_outcomes(passed=4, failed=2)
+    monkeypatch.setenv("FIXED", "1")
+    second = ptr.runpytest_subprocess("-n", "2", "--run-id", "xr", "--resume")
+    second.assert_outcomes(passed=2)
+    second.stdout.fnmatch_lines(
+        [
+            "taskctl: resume: attempt 2 of run xr; 6 results from earlier attempts in etcd",
+            "resume: 4 passed in earlier attempts, 2 to run",
+            "2 workers [[]2 items[]]",
+            "taskctl: resume: every test of run xr has now passed (attempt 2)",
+        ]
+    )
+    spans = read_spans(ptr.path / "logs" / "xr" / "traces.jsonl")
+    assert sum(span["name"] == "pytest session" for span in spans) == 2, "one per attempt"
