@@ -175,17 +175,22 @@ def test_a_bad_template_is_a_usage_error(ptr: pytest.Pytester, template: str, pr
 def test_template_from_the_environment_and_its_precedence(
     ptr: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Option over ini over environment, as for every other setting."""
     ptr.makepyfile(test_suite="def test_fail():\n    assert False\n")
-    ptr.makeini(INNER_INI + "taskctl_trace_url = http://ini/{trace_id}\n")
     monkeypatch.setenv("PYTEST_TASKCTL_TRACE_URL", "http://env/{trace_id}")
     from_env = ptr.runpytest("--run-id", "env-1")
     from_env.stdout.fnmatch_lines(["FAILED test_suite.py::test_fail  http://env/*"])
-    from_option = ptr.runpytest("--run-id", "env-2", "--taskctl-trace-url", "http://opt/{trace_id}")
+    ptr.makeini(INNER_INI + "taskctl_trace_url = http://ini/{trace_id}\n")
+    from_ini = ptr.runpytest("--run-id", "env-2")
+    from_ini.stdout.fnmatch_lines(["FAILED test_suite.py::test_fail  http://ini/*"])
+    from_option = ptr.runpytest("--run-id", "env-3", "--taskctl-trace-url", "http://opt/{trace_id}")
     from_option.stdout.fnmatch_lines(["FAILED test_suite.py::test_fail  http://opt/*"])
+    ptr.makeini(INNER_INI)
     monkeypatch.setenv("PYTEST_TASKCTL_TRACE_URL", "http://env/")
-    bad = ptr.runpytest("--run-id", "env-3")
+    bad = ptr.runpytest("--run-id", "env-4")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*(PYTEST_TASKCTL_TRACE_URL environment variable)*"])
-    monkeypatch.delenv("PYTEST_TASKCTL_TRACE_URL")
-    from_ini = ptr.runpytest("--run-id", "env-4")
-    from_ini.stdout.fnmatch_lines(["FAILED test_suite.py::test_fail  http://ini/*"])
+    ptr.makeini(INNER_INI + "taskctl_trace_url = http://ini/{span_id}\n")
+    bad_ini = ptr.runpytest("--run-id", "env-5")
+    assert bad_ini.ret == pytest.ExitCode.USAGE_ERROR
+    bad_ini.stderr.fnmatch_lines(["*(ini taskctl_trace_url): unknown placeholder {span_id}*"])

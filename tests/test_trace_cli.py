@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pytest_taskctl import cli
-from pytest_taskctl.cli.trace import bar
+from pytest_taskctl.cli.trace import Row, bar
 
 from .test_cli import TASKCTL, taskctl
 
@@ -298,6 +298,8 @@ def test_unknown_run_and_unknown_test_are_failed_actions(trace_cli, tmp_path: Pa
     )
     code, _, err = trace_cli("syn-1", "test_ok")
     assert code == 1 and "did you mean: test_api.py::test_ok" in err
+    code, _, err = trace_cli("syn-1", "test_itmes")  # a typo in the test's own name
+    assert code == 1 and err.strip().endswith("did you mean: test_api.py::test_items")
 
 
 @pytest.mark.parametrize("args", [(), ("bad id!",), ("syn-1", "a", "b")])
@@ -346,6 +348,13 @@ def test_bar_positions() -> None:
     assert bar(99, 0, 100, 10) == " " * 9 + "█", "a span too short to see still gets one cell"
     assert bar(30, None, 100, 10) == " " * 3 + "◆"
     assert bar(0, 0, 0, 10) == "█"
+
+
+def test_long_labels_keep_the_guide_and_the_test_name() -> None:
+    row = Row("│  ├─ ", "✗ tests/api/test_orders.py::test_refund", "red", 0, 1, keep_end=True)
+    assert row.fit(60) == "│  ├─ ✗ tests/api/test_orders.py::test_refund".ljust(60)
+    assert row.fit(26) == "│  ├─ …ers.py::test_refund"
+    assert Row("", "a long note", "red").fit(7) == "a long…"
 
 
 def test_a_real_run_without_etcd(ptr: pytest.Pytester, tmp_path: Path) -> None:

@@ -70,15 +70,17 @@ def trace_url_template(template: str, source: str) -> str:
 
 
 def _trace_url(config: pytest.Config) -> str | None:
-    """``--taskctl-trace-url``, else the environment variable, else the ini key."""
+    """``--taskctl-trace-url``, else the ini key, else the environment (the project's order)."""
     if config.option.taskctl_trace_url:
         return trace_url_template(config.option.taskctl_trace_url, "--taskctl-trace-url")
+    ini = config.getini("taskctl_trace_url")
+    if ini:
+        return trace_url_template(ini, "ini taskctl_trace_url")
     if os.environ.get(TRACE_URL_ENV):
         return trace_url_template(
             os.environ[TRACE_URL_ENV], f"{TRACE_URL_ENV} environment variable"
         )
-    ini = config.getini("taskctl_trace_url")
-    return trace_url_template(ini, "ini taskctl_trace_url") if ini else None
+    return None
 
 
 def _masked(value: str, user_option: bool) -> str:

@@ -78,7 +78,13 @@ def did_you_mean(wanted: str, known: Iterable[str]) -> str:
     one are offered.
     """
     known = list(dict.fromkeys(known))
-    ratios = {name: difflib.SequenceMatcher(None, wanted, name).ratio() for name in known}
+
+    def ratio(name: str) -> float:
+        # A node id's own name counts too: "test_fial" is close to "t.py::test_fail".
+        tail = name.rsplit("::", 1)[-1]
+        return max(difflib.SequenceMatcher(None, wanted, text).ratio() for text in (name, tail))
+
+    ratios = {name: ratio(name) for name in known}
     best = max(ratios.values(), default=0.0)
     close = [name for name in known if wanted in name]
     close += sorted(
@@ -121,7 +127,7 @@ def draw_run(ctx: Context, traces: TracesFile) -> int:
         rows.append(span_row(test, guide, origin))
         if test.failed and test.status_message:
             more = ("   " if last else "│  ") if session is not None else ""
-            rows.append(note_row(more + "   " + first_line(test.status_message)))
+            rows.append(note_row(more + "   ", first_line(test.status_message)))
     title = (
         f"run {ctx.args.run_id}: {len(tests)} tests, {failed} failed, "
         f"{format_seconds((end - origin) / 1e9)}"
@@ -157,30 +163,47 @@ def draw_test(ctx: Context, traces: TracesFile, nodeid: str) -> int:
 
 @dataclass
 class Row:
-    """One line of the waterfall: a span (with a bar), an event (a mark) or a note."""
+    """One line of the waterfall: a span (with a bar), an event (a mark) or a note.
 
-    label: str
+    ``guide`` is the tree drawing before the text; ``keep_end``: when the
+    text is too long, keep its end (a node id's test name) rather than its start.
+    """
+
+    guide: str
+    text: str
     style: str
     start_ns: int | None = None
     duration_ns: int | None = None
+    keep_end: bool = False
+
+    def fit(self, width: int) -> str:
+        """The label padded or cut to ``width`` columns; the guide always stays."""
+        label = self.guide + self.text
+        if len(label) <= width:
+            return label.ljust(width)
+        room = width - len(self.guide) - 1
+        if room <= 0:
+            return label[:width]
+        if self.keep_end:
+            return f"{self.guide}…{self.text[-room:]}"
+        return f"{self.guide}{self.text[:room]}…"
 
 
 def span_row(span: SpanRecord, guide: str, origin: int) -> Row:
-    mark = "✗ " if span.failed else ""
-    label = f"{guide}{mark}{span.name}"
+    text = ("✗ " if span.failed else "") + span.name
     status = next((span.attributes[k] for k in HTTP_STATUS_KEYS if k in span.attributes), None)
     if status is not None:
-        label += f" [{status}]"
+        text += f" [{status}]"
     style = "red" if span.failed else ("yellow" if _skipped(span) else "")
-    return Row(label, style, span.start_ns - origin, span.duration_ns)
+    return Row(guide, text, style, span.start_ns - origin, span.duration_ns, keep_end=True)
 
 
 def event_row(event: SpanEvent, guide: str, origin: int) -> Row:
-    return Row(f"{guide}{event_text(event)}", _event_style(event), event.time_ns - origin, None)
+    return Row(guide, event_text(event), _event_style(event), event.time_ns - origin)
 
 
-def note_row(text: str) -> Row:
-    return Row(text, "red")
+def note_row(guide: str, text: str) -> Row:
+    return Row(guide, text, "red")
 
 
 def _skipped(span: SpanRecord) -> bool:
@@ -252,29 +275,29 @@ def bar(start_ns: int, duration_ns: int | None, total_ns: int, width: int) -> st
 
 
 def render(ctx: Context, title: str, rows: list[Row], total_ns: int) -> None:
+    """Title, then one line per row: label, start offset, duration, time line.
+
+    Laid out by hand rather than with a rich table so a failure's note can
+    use the whole line while span labels stay in their column.
+    """
     from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=ctx.out, highlight=False, soft_wrap=False)
-    width = max(10, min(60, console.width // 3))
-    table = Table(box=None, pad_edge=False, show_edge=False, title_justify="left")
-    table.add_column("span", overflow="fold")
-    table.add_column("start", justify="right", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("time line", no_wrap=True, min_width=width, max_width=width)
+    console = Console(file=ctx.out, highlight=False, soft_wrap=True)
+    width = console.width
+    bar_width = max(10, min(60, width // 3))
+    widest = max((len(r.guide + r.text) for r in rows if r.start_ns is not None), default=20)
+    label_width = max(20, min(widest, width - bar_width - 2 - 10 - 2 - 9 - 2))
+    console.print(title, markup=False)
+    header = f"{'span':<{label_width}}  {'start':>10}  {'duration':>9}  time line"
+    console.print(Text(header, style="bold"))
     for row in rows:
-        if row.start_ns is None:
-            table.add_row(Text(row.label, style=row.style), "", "", "")
+        if row.start_ns is None:  # a note: the whole line, cut rather than wrapped
+            console.print(Text(row.fit(width).rstrip(), style=row.style))
             continue
-        start = f"+{format_seconds(row.start_ns / 1e9)}"
+        start = "+" + format_seconds(row.start_ns / 1e9)
         duration = format_seconds(row.duration_ns / 1e9) if row.duration_ns is not None else ""
-        line = bar(row.start_ns, row.duration_ns, total_ns, width)
-        table.add_row(
-            Text(row.label, style=row.style),
-            start,
-            duration,
-            Text(line, style=row.style or "cyan"),
-        )
-    console.print(title, markup=False, soft_wrap=True)
-    console.print(table)
+        line = Text(row.fit(label_width), style=row.style)
+        line.append(f"  {start:>10}  {duration:>9}  ")
+        line.append(bar(row.start_ns, row.duration_ns, total_ns, bar_width), row.style or "cyan")
+        console.print(line)
