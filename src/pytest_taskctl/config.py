@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import re
 import secrets
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from .telemetry.logs import parse_level
 RUN_ID_ENV = "PYTEST_RUN_ID"
 #: Key of ``workerinput`` through which pytest-xdist workers get the controller's run id.
 WORKER_RUN_ID = "taskctl_run_id"
+#: Key of ``workerinput`` with the controller's session span (a W3C traceparent).
+WORKER_SESSION = "taskctl_session_traceparent"
+TRACE_URL_ENV = "PYTEST_TASKCTL_TRACE_URL"
 TRACE_MODES = ("test", "session")
 
 #: Options whose value is a secret, whatever program they belong to.
@@ -39,6 +43,44 @@ URL_CREDENTIALS = re.compile(r"(://[^/:@\s]+):[^@/\s]+@")
 
 def generate_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def trace_url_template(template: str, source: str) -> str:
+    """Check a trace link template: ``{trace_id}`` and no other placeholder.
+
+    Checked while parsing options, so a typo (``{traceid}``) is a usage error
+    before the run starts, not a KeyError in the terminal summary at its end.
+    """
+    try:
+        fields = [
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        ]
+    except ValueError as exc:
+        raise pytest.UsageError(
+            f"invalid trace URL template {template!r} ({source}): {exc}"
+        ) from None
+    others = sorted({field for field in fields if field != "trace_id"})
+    if others or not fields:
+        problem = f"unknown placeholder {{{others[0]}}}" if others else "no {trace_id} placeholder"
+        raise pytest.UsageError(
+            f"invalid trace URL template {template!r} ({source}): {problem}; "
+            "use e.g. http://localhost:16686/trace/{trace_id}"
+        )
+    return template
+
+
+def _trace_url(config: pytest.Config) -> str | None:
+    """``--taskctl-trace-url``, else the ini key, else the environment (the project's order)."""
+    if config.option.taskctl_trace_url:
+        return trace_url_template(config.option.taskctl_trace_url, "--taskctl-trace-url")
+    ini = config.getini("taskctl_trace_url")
+    if ini:
+        return trace_url_template(ini, "ini taskctl_trace_url")
+    if os.environ.get(TRACE_URL_ENV):
+        return trace_url_template(
+            os.environ[TRACE_URL_ENV], f"{TRACE_URL_ENV} environment variable"
+        )
+    return None
 
 
 def _masked(value: str, user_option: bool) -> str:
@@ -89,6 +131,10 @@ class RunSettings:
     log_level: int | None
     trace_mode: str
     export: ExportConfig
+    #: ``--taskctl-trace-url``: a viewer's URL with ``{trace_id}`` (None: show trace ids).
+    trace_url: str | None = None
+    #: pytest-xdist worker: the controller's session span as a traceparent (tests link to it).
+    xdist_session: str | None = None
 
     @property
     def keys(self) -> RunKeys:
@@ -147,4 +193,6 @@ class RunSettings:
             log_level=level,
             trace_mode=trace_mode,
             export=export,
+            trace_url=_trace_url(config),
+            xdist_session=workerinput.get(WORKER_SESSION),
         )

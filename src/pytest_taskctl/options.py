@@ -24,6 +24,11 @@ TRACE_MODE_HELP = (
     "'test' (default): every test is its own trace, linked to the session span; "
     "'session': tests are children of the session span"
 )
+TRACE_URL_HELP = (
+    "URL of a test's trace in your viewer, with a {trace_id} placeholder, e.g. "
+    "http://localhost:16686/trace/{trace_id} (env PYTEST_TASKCTL_TRACE_URL): shown for "
+    "failed tests in the terminal summary and written to --junitxml as trace_url"
+)
 RESUME_HELP = (
     "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
     "run the failed, errored and never-run ones"
@@ -77,6 +82,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("taskctl_log_dir", LOG_DIR_HELP)
     parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
     parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
+    parser.addini("taskctl_trace_url", TRACE_URL_HELP)
     parser.addini("group-unit", GROUP_UNIT_HELP)
 
 
@@ -84,6 +90,7 @@ def _add_output_options(group: Any) -> None:
     group.addoption("--taskctl-log-dir", metavar="DIR", help=LOG_DIR_HELP)
     group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
     group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
+    group.addoption("--taskctl-trace-url", metavar="TEMPLATE", help=TRACE_URL_HELP)
 
 
 def _add_etcd_options(group: Any) -> None:

@@ -51,12 +51,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
+        from .xdist import XdistController  # one session span, PAUSED from workers' reports
+
+        config.pluginmanager.register(XdistController(run), "taskctl-xdist")
     _register_features(config, run)
 
 
 def _register_features(config: pytest.Config, run: TaskRun) -> None:
     """Each feature's module is imported only when this run uses it."""
+    from . import reports
     from .features import livepause, resume
+
+    junit = bool(getattr(config.option, "xmlpath", None))
+    links = reports.TraceLinks(run, SPAN_KEY, junit=junit)
+    config.pluginmanager.register(links, "taskctl-trace-links")
 
     config.pluginmanager.register(resume.make_plugin(config, run), "taskctl-resume")
     config.pluginmanager.register(livepause.make_plugin(config, run), "taskctl-livepause")

@@ -93,7 +93,10 @@ class TaskRun:
         )
         traceid.activate(self.tracer)
         self.runlog.start(resource=make_resource())
-        self.tracer.start_session({"test.suite.name": "pytest", "host.name": socket.gethostname()})
+        self.tracer.start_session(
+            {"test.suite.name": "pytest", "host.name": socket.gethostname()},
+            joined=settings.xdist_session,
+        )
         for problem in settings.export.problems:
             log.warning("%s", problem)
         if settings.run_id_generated:

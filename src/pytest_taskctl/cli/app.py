@@ -38,6 +38,7 @@ from .flags import FLAG_ACTIONS, flag_command
 from .pauses import cmd_decide, cmd_pauses, decide_arguments, pauses_arguments
 from .runs import cmd_runs, cmd_status
 from .server import cmd_server, server_arguments
+from .trace import cmd_trace, trace_arguments
 from .watch import cmd_watch, watch_arguments
 
 
@@ -143,6 +144,14 @@ def default_commands() -> list[Command]:
             help="answer a live pause: --failure-reason, or --result/--reason for a checkpoint",
             handler=cmd_decide,
             arguments=decide_arguments,
+            prints_data=True,
+        ),
+        Command(
+            "trace",
+            help="a run's tests on one time line, or one test's span tree, from traces.jsonl",
+            handler=cmd_trace,
+            arguments=trace_arguments,
+            uses_etcd=False,
             prints_data=True,
         ),
     ]

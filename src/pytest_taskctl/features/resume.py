@@ -512,9 +512,13 @@ class ResumePlugin:
         with self._lock:
             if len(ids) <= self.to_run:
                 return
+            first = not self.to_run
             self.to_run = len(ids)
             if self._entry is not None:
                 self._update_attempt(left=self.to_run - self.counts["passed"], to_run=self.to_run)
+        if self.resume and first:  # the workers deselected: say what they kept, once
+            passed = len(self._passed or ())
+            self.run.notify(f"resume: {passed} passed in earlier attempts, {len(ids)} to run")
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         if not self.resume:

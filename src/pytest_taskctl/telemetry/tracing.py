@@ -99,8 +99,19 @@ class RunTracer:
 
     # -- session ----------------------------------------------------------------
 
-    def start_session(self, attributes: Mapping[str, Any]) -> None:
-        if self._tracer is not None:
+    def start_session(self, attributes: Mapping[str, Any], joined: str | None = None) -> None:
+        """Start the ``pytest session`` span, or join another process's (``joined``).
+
+        ``joined`` is a traceparent: a pytest-xdist worker's tests link to
+        the controller's session span and the worker makes none of its own,
+        so a distributed run is one session in the trace viewer.
+        """
+        remote = trace.get_current_span(
+            TraceContextTextMapPropagator().extract({"traceparent": joined} if joined else {})
+        ).get_span_context()
+        if remote.is_valid:
+            self.session_span = NonRecordingSpan(remote)
+        elif self._tracer is not None:
             self.session_span = self._tracer.start_span(
                 "pytest session",
                 context=self._parent_context,

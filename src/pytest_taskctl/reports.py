@@ -1,0 +1,129 @@
+"""From a red test to its trace: trace ids and links in the terminal summary and JUnit XML.
+
+Without this the trace id of a failed test is only in ``pytest.log``. Each
+test report carries its test's trace id (attribute :data:`REPORT_ATTRIBUTE`);
+pytest-xdist serializes report attributes, so the controller, which prints
+the summary and writes the JUnit file, knows the ids of tests that ran on
+workers.
+
+JUnit: the ids go through ``item.user_properties``, the list pytest's
+``record_property`` fixture fills, so the junitxml plugin writes them as
+``<property>`` elements of the ``<testcase>`` on pytest 8 and 9, with or
+without xdist. They are written for every ``junit_family``: under the
+default ``xunit2`` a ``<properties>`` element inside ``<testcase>`` is not
+in the strict schema (pytest's ``record_property`` warns about that), but
+CI report readers take it; ``junit_family=xunit1`` gives a schema-valid file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .run import TaskRun
+
+#: Name of the test report attribute that holds the test's trace id.
+REPORT_ATTRIBUTE = "taskctl_trace_id"
+TRACE_ID_PROPERTY = "trace_id"
+TRACE_URL_PROPERTY = "trace_url"
+#: The properties this plugin added to an item, so a rerun replaces them.
+_ADDED_KEY = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def trace_link(template: str | None, trace_id: str) -> str:
+    """The viewer's URL for ``trace_id``, or the bare id without a template.
+
+    The template was checked when options were parsed: ``{trace_id}`` is its
+    only placeholder.
+    """
+    return template.format(trace_id=trace_id) if template else trace_id
+
+
+def report_trace_id(report: pytest.TestReport) -> str | None:
+    """The trace id a test report carries (``None``: made without pytest-taskctl)."""
+    value = getattr(report, REPORT_ATTRIBUTE, None)
+    return value if isinstance(value, str) else None
+
+
+class TraceLinks:
+    """Puts each test's trace id on its reports and lists failed tests' traces at the end.
+
+    ``span_key`` is the item stash key under which the plugin keeps the
+    running test's ``(span, token)``; it is there from the start of the test's
+    protocol until its teardown report is made.
+    """
+
+    def __init__(
+        self, run: TaskRun, span_key: pytest.StashKey[tuple[object, object]], *, junit: bool
+    ) -> None:
+        self.run = run
+        self.template = run.settings.trace_url
+        self.span_key = span_key
+        self.junit = junit
+        #: nodeid -> (FAILED or ERROR, trace id), in the order the failures came in.
+        self.failures: dict[str, tuple[str, str | None]] = {}
+
+    def trace_id_of(self, item: pytest.Item) -> str | None:
+        span_token = item.stash.get(self.span_key, None)
+        if span_token is None:
+            return None
+        span = span_token[0]
+        context = span.get_span_context()  # type: ignore[attr-defined]
+        return f"{context.trace_id:032x}"
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        # Before the report is made: junitxml reads the teardown report's user_properties,
+        # which pytest copies from the item when it makes the report.
+        trace_id = self.trace_id_of(item)
+        if trace_id is not None and self.junit and call.when == "setup":
+            self._record_properties(item, trace_id)
+        report = yield
+        if trace_id is not None:
+            setattr(report, REPORT_ATTRIBUTE, trace_id)
+        return report
+
+    def _record_properties(self, item: pytest.Item, trace_id: str) -> None:
+        properties = [(TRACE_ID_PROPERTY, trace_id)]
+        if self.template:
+            properties.append((TRACE_URL_PROPERTY, trace_link(self.template, trace_id)))
+        # A protocol run again for the same item (a rerun plugin) gets a new trace:
+        # replace what we added before instead of piling up ids.
+        added = item.stash.get(_ADDED_KEY, [])
+        item.user_properties[:] = [prop for prop in item.user_properties if prop not in added]
+        item.user_properties.extend(properties)
+        item.stash[_ADDED_KEY] = properties
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and report.nodeid not in self.failures:
+            word = "FAILED" if report.when == "call" else "ERROR"
+            self.failures[report.nodeid] = (word, report_trace_id(report))
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        width = max((len(word) for word, _ in self.failures.values()), default=0)
+        for nodeid, (word, trace_id) in self.failures.items():
+            link = trace_link(self.template, trace_id) if trace_id else "(no trace id)"
+            lines.append(f"{word:<{width}} {nodeid}  {link}")
+        if lines and not self.template:
+            lines.append(
+                f"look at one with: taskctl trace {self.run.settings.run_id} NODEID "
+                "(or link a viewer with --taskctl-trace-url)"
+            )
+        return lines
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        lines = self.summary_lines()
+        if not lines:
+            return
+        terminalreporter.write_sep("-", "taskctl: traces of failed tests")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        return [f"taskctl: trace links {self.template}"] if self.template else []
