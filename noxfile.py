@@ -24,6 +24,8 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
+#: `make test` already runs the whole suite on the latest pytest 9; `nox -s pytest-9` on demand.
+nox.options.sessions = ["pytest-8.0", "pytest-8.4", "etcd-3.4"]
 
 #: The "core behaviour" subset: whole modules where they are quick, ``-k`` where not.
 CORE = [

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from pytest_taskctl.server import EmbeddedEtcd, etcd_binary, free_port
+from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port
 
 PASS, DELAY, FREEZE, DROP = "pass", "delay", "freeze", "drop"
 MODES = (PASS, DELAY, FREEZE, DROP)

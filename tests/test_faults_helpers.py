@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pytest_taskctl.server import EmbeddedEtcd
+from pytest_taskctl.etcd.server import EmbeddedEtcd
 
 from .conftest import wait_for
 from .faults import EtcdCluster, FaultProxy, run_etcdctl
