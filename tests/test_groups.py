@@ -1,4 +1,4 @@
-"""Concurrent groups on threads (seed 003): ``--thread``, ``--group-unit``, ``@pytest.mark.group``.
+"""Concurrent groups on threads: ``--thread``, ``--group-unit``, ``@pytest.mark.group``.
 
 Inner suites prove concurrency without timing guesses: tests that must run
 at once wait on a shared ``threading.Barrier`` (it breaks after its timeout if
@@ -600,3 +600,52 @@ def pytest_sessionfinish(session):
     result = ptr.runpytest("--thread", "2", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
     assert result.ret == 0, result.stdout.str()
+
+
+def test_failure_reports_are_made_one_at_a_time(ptr: pytest.Pytester) -> None:
+    """Tracebacks are formatted with ``ast.parse``, which is not thread-safe (gh-106905).
+
+    Four tests fail at the same moment on four threads; an inner
+    ``pytest_runtest_makereport`` (where pytest formats the failure) records
+    how many failure reports were being made at once.
+    """
+    ptr.makeconftest(
+        """
+import threading, time
+import pytest
+
+_LOCK = threading.Lock()
+_AT_ONCE = {"now": 0, "most": 0}
+_ARRIVE = threading.Barrier(4, timeout=10)
+
+@pytest.fixture
+def together():
+    _ARRIVE.wait()
+
+def pytest_runtest_makereport(item, call):
+    if call.excinfo is None:
+        return
+    with _LOCK:
+        _AT_ONCE["now"] += 1
+        _AT_ONCE["most"] = max(_AT_ONCE["most"], _AT_ONCE["now"])
+    time.sleep(0.05)  # a window for another thread's failure report, were it let in
+    with _LOCK:
+        _AT_ONCE["now"] -= 1
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"failure reports at once: {_AT_ONCE['most']}")
+"""
+    )
+    body = (
+        "def deep(n):\n"
+        "    if n == 0:\n"
+        "        assert {'a': [1, 2, (3, 4)]} == {'a': [1, 2, (3, 5)]}\n"
+        "    deep(n - 1)\n\n"
+        "def test_fails(together):\n"
+        "    deep(20)\n"
+    )
+    ptr.makepyfile(**{f"test_m{number}": body for number in range(4)})
+    result = ptr.runpytest("--thread", "4", "-p", "no:randomly")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(["failure reports at once: 1"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
