@@ -11,6 +11,8 @@ from ...options import GROUP_UNITS
 
 @dataclass(frozen=True)
 class GroupSettings:
+    """The number of threads (1 = off) and the unit of a default group (module, class, function)."""
+
     threads: int
     unit: str
 
