@@ -59,9 +59,9 @@ from _common import (  # noqa: E402
 )
 
 from pytest_taskctl import StateStore  # noqa: E402
-from pytest_taskctl.features.pauses import decide, list_pauses  # noqa: E402
+from pytest_taskctl.etcd.gateway import prefix_end  # noqa: E402
 from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
-from pytest_taskctl.etcd.store import prefix_end  # noqa: E402
+from pytest_taskctl.features.pauses import decide, list_pauses  # noqa: E402
 
 PREFIX = "/bench-decisions"
 
@@ -339,9 +339,9 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
     The sink's thread writes to etcd meanwhile, as in a run."""
     import pytest
 
-    from pytest_taskctl.outcome import TestOutcome
+    from pytest_taskctl.etcd.writer import KeyWriter
     from pytest_taskctl.features.resume import LocalRecord, ResultSink, ResumePlugin
-    from pytest_taskctl.etcd.store import KeyWriter
+    from pytest_taskctl.outcome import TestOutcome
 
     settings = SimpleNamespace(keys=store.keys("hook"), run_dir=tmp / "hook")
     run = SimpleNamespace(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.etcd.store import put_op
+from pytest_taskctl.etcd.gateway import put_op
 from pytest_taskctl.features.resume import LONG_NODEID, result_key
 from pytest_taskctl.keys import RunKeys
 

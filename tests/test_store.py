@@ -8,7 +8,9 @@ import time
 import pytest
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.etcd.store import EtcdUnavailable, KeyWriter, WatchedRange
+from pytest_taskctl.etcd.gateway import EtcdUnavailable
+from pytest_taskctl.etcd.watch import WatchedRange
+from pytest_taskctl.etcd.writer import KeyWriter
 from pytest_taskctl.keys import InvalidRunId, flag_is_true
 
 from .conftest import Etcdctl, wait_for

@@ -1,8 +1,8 @@
 """Pause gate, cancel and progress of one run, driven by the watched flags.
 
 Nothing here talks to etcd on the caller's thread: flags come from the
-:class:`~pytest_taskctl.store.WatchedRange`, status and progress go out
-through the :class:`~pytest_taskctl.store.KeyWriter`.
+:class:`~pytest_taskctl.etcd.watch.WatchedRange`, status and progress go out
+through the :class:`~pytest_taskctl.etcd.writer.KeyWriter`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .etcd.store import KeyWriter, WatchedRange
+from .etcd.watch import WatchedRange
+from .etcd.writer import KeyWriter
 from .keys import RunKeys, flag_is_true
 
 log = logging.getLogger("pytest_taskctl.plugin")

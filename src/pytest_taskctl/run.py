@@ -24,8 +24,11 @@ from typing import Any
 import pytest
 
 from .control import CANCEL_REASON, RunControl
+from .etcd.gateway import EtcdGateway, EtcdUnavailable
 from .etcd.settings import EtcdSettings, SettingError, resolve_prefix
-from .etcd.store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
+from .etcd.store import clear_stale_flags
+from .etcd.watch import WatchedRange
+from .etcd.writer import KeyWriter
 from .keys import InvalidRunId, RunKeys, validate_run_id
 from .outcome import TestOutcome
 from .process import process_identity

@@ -30,15 +30,9 @@ from types import FrameType
 from typing import Any, TextIO
 
 from .. import __version__
+from ..etcd.gateway import EtcdUnavailable, delete_op, key_missing, mod_revision_equals, put_op
 from ..etcd.settings import EtcdSettings, SettingError, resolve_prefix
-from ..etcd.store import (
-    EtcdUnavailable,
-    StateStore,
-    delete_op,
-    key_missing,
-    mod_revision_equals,
-    put_op,
-)
+from ..etcd.store import StateStore
 from ..features.pauses import RESULT_TOKENS, PauseError, decide, list_pauses, result_token
 from ..keys import FINAL_STATUSES, RunKeys, flag_is_true, validate_run_id
 from ..records import json_object

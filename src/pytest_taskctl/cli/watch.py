@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from ..etcd.store import RangeResult, StateStore, WatchedRange
+from ..etcd.gateway import RangeResult
+from ..etcd.store import StateStore
+from ..etcd.watch import WatchedRange
 from ..keys import FINAL_STATUSES
 from ..process import local_process_dead
 from ..records import json_object

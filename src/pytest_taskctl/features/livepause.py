@@ -27,14 +27,8 @@ import pytest
 from opentelemetry import trace
 
 from ..control import CANCEL_REASON
-from ..etcd.store import (
-    EtcdGateway,
-    RangeResult,
-    WatchedRange,
-    key_missing,
-    mod_revision_equals,
-    put_op,
-)
+from ..etcd.gateway import EtcdGateway, RangeResult, key_missing, mod_revision_equals, put_op
+from ..etcd.watch import WatchedRange
 from ..process import process_identity
 from .pauses import RESULT_TOKENS, new_pause_id, pause_record, result_token
 

@@ -3,7 +3,7 @@
 Every run records each test's outcome when its teardown report arrives:
 
 * in etcd, ``<run>/results/<encoded nodeid>`` (JSON with the full node id),
-  queued on the run's :class:`~pytest_taskctl.store.KeyWriter` -- the test
+  queued on the run's :class:`~pytest_taskctl.etcd.writer.KeyWriter` -- the test
   never waits for etcd, the write lands within a few tens of milliseconds;
 * in ``logs/<run_id>/results.jsonl`` (one line per test, flushed), the
   fallback when etcd cannot be reached at resume time.
@@ -35,15 +35,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from ..etcd.store import (
+from ..etcd.gateway import (
     EtcdGateway,
     KeyValue,
-    KeyWriter,
     key_missing,
     mod_revision_equals,
     prefix_end,
     put_op,
 )
+from ..etcd.writer import KeyWriter
 from ..keys import RunKeys
 from ..outcome import TestOutcome
 from ..process import local_process_dead, process_identity
