@@ -9,6 +9,7 @@ import pytest
 
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.gateway import EtcdUnavailable
+from pytest_taskctl.etcd.lease import Lease
 from pytest_taskctl.etcd.watch import WatchedRange
 from pytest_taskctl.etcd.writer import KeyWriter
 from pytest_taskctl.keys import InvalidRunId, flag_is_true
@@ -153,3 +154,24 @@ def test_key_writer_retries_until_etcd_returns(etcd_factory, prefix: str) -> Non
     assert Etcdctl(server.endpoint).get(f"{prefix}/late") == "landed"
     writer.close()
     store.close()
+
+
+def test_lease_outlives_its_ttl_until_revoked(store: StateStore, prefix: str) -> None:
+    lease = Lease.grant(store.gateway, ttl=2)
+    store.gateway.put(f"{prefix}/held", "x", lease=lease.id)
+    time.sleep(3)  # longer than the TTL: only the keep-alive thread holds it
+    assert store.gateway.get(f"{prefix}/held") == b"x"
+    assert not lease.done.is_set()
+    lease.revoke()
+    assert lease.done.is_set() and not lease.lost
+    assert store.gateway.get(f"{prefix}/held") is None
+    lease.revoke()  # twice is harmless
+
+
+def test_lease_lost_sets_done_and_calls_back(store: StateStore) -> None:
+    lost: list[Lease] = []
+    lease = Lease.grant(store.gateway, ttl=2, on_lost=lost.append)
+    store.gateway.lease_revoke(lease.id)  # as when it expired while etcd was away
+    assert lease.done.wait(5)
+    assert lease.lost and lost == [lease]
+    lease.revoke()  # never raises, even for a lease etcd no longer has

@@ -267,8 +267,8 @@ class EtcdGateway:
         response = self.call("/lease/keepalive", {"ID": str(lease_id)})
         return int(response.get("result", response).get("TTL", 0))
 
-    def lease_revoke(self, lease_id: int) -> None:
-        self.call("/lease/revoke", {"ID": str(lease_id)})
+    def lease_revoke(self, lease_id: int, timeout: float | None = None) -> None:
+        self.call("/lease/revoke", {"ID": str(lease_id)}, timeout)
 
     def lease_ttl(self, lease_id: int) -> int:
         """Remaining seconds of a lease, -1 when it has expired or never existed."""

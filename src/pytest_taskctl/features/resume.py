@@ -14,14 +14,13 @@ result that never reached the record means the test runs again. A run
 *without* ``--resume`` starts the run over: earlier results of the id are
 dropped.
 
-Every run with etcd also holds a lease on ``<run>/lease`` (value: host, pid),
-kept alive by a background thread and revoked at the end, so a second
+Every run with etcd also owns its id through ``<run>/lease`` (value: host,
+pid; see :mod:`pytest_taskctl.ownership`), released at the end, so a second
 process cannot start or resume a run that is still alive elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -37,16 +36,13 @@ import pytest
 
 from ..etcd.gateway import (
     EtcdGateway,
-    KeyValue,
-    key_missing,
-    mod_revision_equals,
     prefix_end,
-    put_op,
 )
 from ..etcd.writer import KeyWriter
 from ..keys import RunKeys
 from ..outcome import TestOutcome
-from ..process import local_process_dead, process_identity
+from ..ownership import LEASE_TTL, RunOwnership, owner_alive
+from ..process import process_identity
 from ..records import json_object
 
 if TYPE_CHECKING:
@@ -58,8 +54,6 @@ RESUME_HELP = (
     "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
     "run the failed, errored and never-run ones"
 )
-#: Seconds the run's lease lives without a keep-alive (a killed run frees its id after this).
-LEASE_TTL = 10
 #: Results leave the test's thread in batches at most this far apart (the contract:
 #: durable in etcd within 0.2 s of the test's end; the transaction takes a few ms more).
 RESULT_BATCH_INTERVAL = 0.1
@@ -124,104 +118,6 @@ def passed_identities(records: Sequence[Mapping[str, Any]]) -> set[str]:
         if isinstance(identity, str):
             latest[identity] = record
     return {identity for identity, record in latest.items() if record.get("status") == "pass"}
-
-
-# -- the run's lease ------------------------------------------------------------------
-
-
-def owner_alive(owner: Mapping[str, Any]) -> bool:
-    """Whether the holder of a run lease that still exists is really alive.
-
-    The lease key exists, so etcd thinks so; on this host we can tell better
-    (a SIGKILLed run keeps its lease for up to ``LEASE_TTL`` seconds). A lease
-    of this very process is a session that did not end (in-process runs).
-    """
-    if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
-        return False
-    return not local_process_dead(owner)
-
-
-class RunLease:
-    """``<run>/lease`` attached to an etcd lease this process keeps alive.
-
-    The key disappears ``LEASE_TTL`` seconds after the process dies (SIGKILL,
-    reboot) and at once when the run ends. If etcd was away for longer than
-    the TTL, the keep-alive thread takes a new lease -- unless another process
-    has taken the run meanwhile.
-    """
-
-    def __init__(
-        self, gateway: EtcdGateway, key: str, owner: dict[str, Any], lease_id: int, ttl: int
-    ) -> None:
-        self.gateway = gateway
-        self.key = key
-        self.owner = owner
-        self.lease_id = lease_id
-        self.ttl = ttl
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keep_alive, name="taskctl-lease", daemon=True)
-
-    @classmethod
-    def acquire(
-        cls,
-        gateway: EtcdGateway,
-        key: str,
-        owner: Mapping[str, Any],
-        previous: KeyValue | None,
-        ttl: int = LEASE_TTL,
-    ) -> RunLease | None:
-        """Take the key if it is still as read (``previous``); ``None`` if someone was faster."""
-        lease_id = gateway.lease_grant(ttl)
-        record = {**owner, "lease": lease_id}
-        compare = [
-            mod_revision_equals(key, previous.mod_revision) if previous else key_missing(key)
-        ]
-        if not gateway.txn([put_op(key, json.dumps(record), lease_id)], compare):
-            with contextlib.suppress(Exception):
-                gateway.lease_revoke(lease_id)
-            return None
-        lease = cls(gateway, key, record, lease_id, ttl)
-        lease._thread.start()
-        return lease
-
-    def _keep_alive(self) -> None:
-        interval = max(0.5, self.ttl / 3)
-        wait = interval
-        while not self._stop.wait(wait):
-            try:
-                if self.gateway.lease_keepalive(self.lease_id) > 0:
-                    wait = interval
-                    continue
-                self._renew()
-                wait = interval
-            except Exception as exc:  # etcd away: keep trying, faster than the TTL
-                log.debug("lease keep-alive failed: %s", exc)
-                wait = min(1.0, interval)
-            if self.lost:
-                return
-
-    def _renew(self) -> None:
-        """Our lease expired (etcd was away longer than the TTL): take a new one."""
-        lease_id = self.gateway.lease_grant(self.ttl)
-        record = {**self.owner, "lease": lease_id}
-        if self.gateway.txn(
-            [put_op(self.key, json.dumps(record), lease_id)], [key_missing(self.key)]
-        ):
-            self.lease_id, self.owner = lease_id, record
-            log.warning("run lease expired while etcd was away; took a new one")
-            return
-        with contextlib.suppress(Exception):
-            self.gateway.lease_revoke(lease_id)
-        self.lost = True
-        log.warning("run lease lost: another process has taken this run id (%s)", self.key)
-
-    def release(self) -> None:
-        self._stop.set()
-        self._thread.join(0.5)  # a keep-alive stuck on a dead etcd must not hold up the exit
-        if not self.lost:
-            with contextlib.suppress(Exception):
-                self.gateway.lease_revoke(self.lease_id)
 
 
 # -- the local record ---------------------------------------------------------------
@@ -373,7 +269,7 @@ class ResumePlugin:
         self.keys = run.settings.keys
         self.local = LocalRecord(run.settings.run_dir / RESULTS_FILE)
         self.records = not run.is_worker
-        self.lease: RunLease | None = None
+        self.lease: RunOwnership | None = None
         self.sink: ResultSink | None = None
         self.etcd_ok = False  # the run's history was read from etcd
         self.attempt = 1
@@ -452,7 +348,7 @@ class ResumePlugin:
                     _still_running_message(self.keys.run_id, owner or {}, self.resume)
                 )
             me = {**process_identity(), "run_id": self.keys.run_id, "started": time.time()}
-            self.lease = RunLease.acquire(gateway, key, me, holder)
+            self.lease = RunOwnership.acquire(gateway, key, me, holder)
             if self.lease is not None:
                 break
         else:
