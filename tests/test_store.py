@@ -175,3 +175,22 @@ def test_lease_lost_sets_done_and_calls_back(store: StateStore) -> None:
     assert lease.done.wait(5)
     assert lease.lost and lost == [lease]
     lease.revoke()  # never raises, even for a lease etcd no longer has
+
+
+def test_key_writer_put_lazy_writes_the_value_of_the_moment(store: StateStore, prefix: str) -> None:
+    writer = KeyWriter(store.gateway)
+    key = f"{prefix}/progress"
+    state = {"n": 0}
+    made: list[int] = []
+
+    def produce() -> str:
+        made.append(state["n"])
+        return str(state["n"])
+
+    for n in range(1, 200):
+        state["n"] = n
+        writer.put_lazy(key, produce, interval=5.0)  # longer than the test: only a flush writes
+    assert writer.flush(timeout=10)
+    assert store.gateway.get(key) == b"199"
+    assert len(made) <= 2  # the first change at once, then the rest coalesced into one
+    writer.close()

@@ -38,7 +38,6 @@ from ..etcd.gateway import (
     EtcdGateway,
     prefix_end,
 )
-from ..etcd.writer import KeyWriter
 from ..keys import RunKeys
 from ..outcome import TestOutcome
 from ..ownership import LEASE_TTL, RunOwnership, owner_alive
@@ -54,9 +53,6 @@ RESUME_HELP = (
     "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
     "run the failed, errored and never-run ones"
 )
-#: Results leave the test's thread in batches at most this far apart (the contract:
-#: durable in etcd within 0.2 s of the test's end; the transaction takes a few ms more).
-RESULT_BATCH_INTERVAL = 0.1
 #: Node ids longer than this (UTF-8 bytes) are keyed and matched by their SHA-256.
 LONG_NODEID = 1024
 RESULTS_FILE = "results.jsonl"
@@ -178,59 +174,6 @@ class LocalRecord:
                 self._file = None
 
 
-class ResultSink:
-    """Takes results off the test's thread and writes them in batches.
-
-    A test only appends to a list. A thread waits ``interval`` after the first
-    result of a batch, then hands the batch to the run's KeyWriter (one etcd
-    transaction) and appends it to the local record (one flush). So results
-    are durable within ``interval`` plus one transaction of the test's end,
-    and a burst of short tests costs a handful of transactions a second.
-    """
-
-    def __init__(self, writer: KeyWriter | None, local: LocalRecord, interval: float) -> None:
-        self.writer = writer
-        self.local = local
-        self.interval = interval
-        self._pending: list[tuple[str, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="taskctl-results", daemon=True)
-        self._thread.start()
-
-    def add(self, key: str, record: dict[str, Any]) -> None:
-        with self._cond:
-            self._pending.append((key, record))
-            if len(self._pending) == 1:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while not self._closing.is_set():
-            with self._cond:
-                while not self._pending and not self._closing.is_set():
-                    self._cond.wait()
-            self._closing.wait(self.interval)  # gather the batch; at once when closing
-            self._flush()
-
-    def _flush(self) -> None:
-        with self._cond:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        if self.writer is not None:
-            self.writer.put_many({key: json.dumps(r, ensure_ascii=False) for key, r in batch})
-        self.local.append([{"type": "result", **record} for _, record in batch])
-
-    def close(self) -> None:
-        """Hand over what is pending (before the run closes its writer) and stop."""
-        self._closing.set()
-        with self._cond:
-            self._cond.notify()
-        self._thread.join(2.0)
-        self._flush()
-        self.local.close()
-
-
 # -- the plugin -----------------------------------------------------------------------
 
 
@@ -270,7 +213,7 @@ class ResumePlugin:
         self.local = LocalRecord(run.settings.run_dir / RESULTS_FILE)
         self.records = not run.is_worker
         self.lease: RunOwnership | None = None
-        self.sink: ResultSink | None = None
+        self.recording = False  # results are recorded once the run has started
         self.etcd_ok = False  # the run's history was read from etcd
         self.attempt = 1
         self.source = ""  # where earlier results came from: "etcd", "local", or "" (none)
@@ -315,7 +258,7 @@ class ResumePlugin:
             self._passed = passed_identities(earlier)
             self.earlier_results = len(earlier)
         self.local.open(self.attempt, self.resume)
-        self.sink = ResultSink(run.writer, self.local, RESULT_BATCH_INTERVAL)
+        self.recording = True
         entry = {
             "attempt": self.attempt,
             "started": round(time.time(), 3),
@@ -367,8 +310,7 @@ class ResumePlugin:
         return previous_meta, records
 
     def _on_close(self, run: TaskRun) -> None:
-        if self.sink is not None:
-            self.sink.close()  # normally done in sessionfinish; this is the no-session path
+        self.local.close()  # normally done in sessionfinish; this is the no-session path
         if self.lease is not None:
             self.lease.release()
 
@@ -463,10 +405,14 @@ class ResumePlugin:
             if self._entry is not None:
                 left = self.to_run - self.counts["passed"] if self.to_run else None
                 self._update_attempt(left=left, counts=dict(self.counts))
-        if self.sink is not None:
-            self.sink.add(
-                result_key(self.keys, nodeid), result_record(nodeid, outcome, self.attempt)
-            )
+        if self.recording:
+            # The writer's next transaction (within tens of milliseconds) makes it durable
+            # in etcd; the local record is appended here, one short write per test.
+            record = result_record(nodeid, outcome, self.attempt)
+            if self.run.writer is not None:
+                key = result_key(self.keys, nodeid)
+                self.run.writer.put(key, json.dumps(record, ensure_ascii=False))
+            self.local.append([{"type": "result", **record}])
 
     def _update_attempt(self, left: int | None = None, **fields: Any) -> None:
         """Replace this attempt's entry (and ``left``, if given) in the run's meta.
@@ -497,8 +443,7 @@ class ResumePlugin:
             status = _end_status(self.run, session)
             with self._lock:
                 self._update_attempt(ended=round(time.time(), 3), status=status)
-        if self.sink is not None:
-            self.sink.close()  # before run.finish closes the writer
+        self.local.close()
         return (yield)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
