@@ -477,7 +477,8 @@ def test_watch_on_a_terminal_draws_a_live_panel(
 
 def _connects(endpoint: str) -> bool:
     try:
-        StateStore(endpoint).close()
+        with StateStore(endpoint) as store:
+            store.run_ids()  # the store connects on first use
     except EtcdUnavailable:
         return False
     return True

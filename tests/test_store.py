@@ -10,6 +10,7 @@ import pytest
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.gateway import EtcdUnavailable
 from pytest_taskctl.etcd.lease import Lease
+from pytest_taskctl.etcd.store import RunEnded, UnknownRun
 from pytest_taskctl.etcd.watch import WatchedRange
 from pytest_taskctl.etcd.writer import KeyWriter
 from pytest_taskctl.keys import InvalidRunId, flag_is_true
@@ -36,9 +37,39 @@ def test_missing_flag_is_false(store: StateStore) -> None:
 def test_set_and_clear_flag_are_visible_to_etcdctl(
     store: StateStore, etcdctl: Etcdctl, prefix: str
 ) -> None:
+    store.set_status("r1", "RUNNING")
     store.set_flag("r1", "paused")
     assert etcdctl.get(f"{prefix}/runs/r1/paused") == "1"
     store.clear_flag("r1", "paused")
+    assert etcdctl.get(f"{prefix}/runs/r1/paused") is None
+
+
+def test_flags_of_an_unknown_run_are_refused(store: StateStore, etcdctl: Etcdctl) -> None:
+    with pytest.raises(UnknownRun, match="no run 'nobody'"):
+        store.set_flag("nobody", "paused")
+    with pytest.raises(UnknownRun):
+        store.request_flag("nobody", "cancelled", on=True)
+    assert store.run_exists("nobody") is False  # nothing was written
+
+
+def test_flags_of_an_ended_run_are_refused(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
+    store.set_status("r1", "COMPLETED")
+    with pytest.raises(RunEnded, match=r"run r1 already ended \(COMPLETED\)"):
+        store.set_flag("r1", "cancelled")
+    with pytest.raises(RunEnded):
+        store.clear_flag("r1", "paused")
+    assert etcdctl.get(f"{prefix}/runs/r1/cancelled") is None
+
+
+def test_request_flag_answers_the_previous_state(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
+    etcdctl("put", f"{prefix}/runs/r1/results/t.py%3A%3Aa", "{}")  # a run without a status yet
+    assert store.request_flag("r1", "paused", on=True) is False
+    assert store.request_flag("r1", "paused", on=True) is True
+    assert store.request_flag("r1", "paused", on=False) is True
     assert etcdctl.get(f"{prefix}/runs/r1/paused") is None
 
 
@@ -89,11 +120,13 @@ def test_invalid_run_ids_are_refused(store: StateStore, bad: str) -> None:
         store.check_flag(bad, "paused")
 
 
-def test_unreachable_etcd_raises_clear_error_quickly() -> None:
+def test_unreachable_etcd_raises_clear_error_quickly_at_first_use() -> None:
+    store = StateStore("127.0.0.1:1")  # connects on first use, not here
     started = time.monotonic()
     with pytest.raises(EtcdUnavailable, match=r"127\.0\.0\.1:1: connection refused"):
-        StateStore("127.0.0.1:1")
+        store.get_status("r1")
     assert time.monotonic() - started < 5
+    store.close()
 
 
 def test_key_writer_batches_and_flushes(store: StateStore, prefix: str) -> None:
@@ -109,7 +142,7 @@ def test_key_writer_batches_and_flushes(store: StateStore, prefix: str) -> None:
 
 
 def test_watch_survives_etcd_sigkill_and_restart(etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    """etcd3-py's own Watcher dies silently here (FIELD-NOTES); ours re-reads and re-watches."""
+    """etcd3-py's own Watcher dies silently on a SIGKILLed etcd; ours re-reads and re-watches."""
     server = etcd_factory()
     store = StateStore(server.endpoint, prefix)
     changes: list[bool] = []

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from ..etcd.gateway import RangeResult
 from ..etcd.store import StateStore
 from ..etcd.watch import WatchedRange
-from ..keys import FINAL_STATUSES
+from ..keys import FINAL_STATUSES, RUN_STATE_LEAVES
 from ..process import local_process_dead
 from ..records import json_object
 from .commands import (
@@ -34,8 +34,6 @@ from .commands import (
     unknown_run,
 )
 
-#: The run-level keys (``<run>/<name>``) taskctl shows; a change of one is a new state.
-SHOWN_LEAVES = ("status", "meta", "paused", "cancelled")
 #: How often ``watch`` looks at its local copy of ``<run>/status`` (no etcd traffic).
 STATUS_POLL = 0.05
 #: How long ``watch`` waits for the final ``meta`` once the final status is in
@@ -207,7 +205,7 @@ class RunView:
             values.update(view.snapshot())
         return {
             name: value
-            for name in SHOWN_LEAVES
+            for name in RUN_STATE_LEAVES
             if (value := values.get(self.keys.flag(name))) is not None
         }
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,21 @@ MAX_TXN_OPS = 100
 
 class EtcdUnavailable(ConnectionError):
     """etcd could not be reached (or refused us); the message says which endpoint."""
+
+
+#: Told ``(connected, error)`` when a part (watch, writer) loses or regains etcd.
+ConnectionCallback = Callable[[bool, "BaseException | None"], None]
+
+
+def report_connection(
+    callback: ConnectionCallback | None, connected: bool, error: BaseException | None
+) -> None:
+    """Call a connection-change callback; its failure is logged, never raised into our thread."""
+    if callback is not None:
+        try:
+            callback(connected, error)
+        except Exception:
+            log.exception("connection-change callback failed")
 
 
 def b64(text: str | bytes) -> str:

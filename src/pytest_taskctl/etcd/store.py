@@ -15,6 +15,7 @@ from ..keys import (
     DEFAULT_PREFIX,
     FINAL_STATUSES,
     FLAG_NAMES,
+    RUN_LEAVES,
     STATUSES,
     RunKeys,
     flag_is_true,
@@ -28,9 +29,11 @@ from .gateway import (
     EtcdGateway,
     b64,
     delete_op,
+    key_missing,
     key_value,
     mod_revision_equals,
     prefix_end,
+    put_op,
     unb64,
 )
 from .settings import EtcdSettings, parse_endpoints
@@ -59,6 +62,31 @@ def clear_stale_flags(gateway: EtcdGateway, keys: RunKeys) -> list[str]:
     return cleared
 
 
+class UnknownRun(LookupError):
+    """No key at all exists under ``<run>/``: a typo, or the wrong prefix or etcd."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r}")
+        self.run_id = run_id
+
+
+class RunEnded(RuntimeError):
+    """The run's status is final: a flag would only hold up a later attempt."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} already ended ({status})")
+        self.run_id = run_id
+        self.status = status
+
+
+class RunStatusChanging(RuntimeError):
+    """The run's status kept changing while we tried to write a flag; retry later."""
+
+
+#: Attempts at a flag write guarded on the status key before giving up.
+FLAG_WRITE_ATTEMPTS = 5
+
+
 def _check_flag_name(name: str) -> str:
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"invalid flag name {name!r}")
@@ -74,8 +102,6 @@ class StateStore:
     the key at revision R and watches from R+1, so no change is missed.
     """
 
-    #: The run-level keys (``<run>/<name>``); results and pauses sit below them.
-    RUN_LEAVES = ("cancelled", "lease", "meta", "paused", "status")
     #: Keys per read when listing run ids.
     RUN_IDS_PAGE = 1000
 
@@ -90,9 +116,22 @@ class StateStore:
             etcd = EtcdSettings(parse_endpoints(etcd, "StateStore(etcd=...)"))
         self.settings = etcd or EtcdSettings.resolve()
         self.prefix = normalize_prefix(prefix)
-        self.gateway = gateway or EtcdGateway.connect(self.settings)
+        self._gateway = gateway
+        self._connecting = threading.Lock()
         self._views: dict[str, WatchedRange] = {}
         self._lock = threading.Lock()
+
+    @property
+    def gateway(self) -> EtcdGateway:
+        """The connection, made on first use: raises :class:`EtcdUnavailable` then, not earlier.
+
+        A store that is made but never used (a CLI that fails on its arguments,
+        a fixture that a test skips) costs no connection.
+        """
+        with self._connecting:
+            if self._gateway is None:
+                self._gateway = EtcdGateway.connect(self.settings)
+            return self._gateway
 
     def keys(self, run_id: str) -> RunKeys:
         return RunKeys(self.prefix, validate_run_id(run_id))
@@ -137,10 +176,49 @@ class StateStore:
             watch.stop()
 
     def set_flag(self, run_id: str, name: str, value: str = "1") -> None:
-        self.gateway.put(self.keys(run_id).flag(_check_flag_name(name)), value)
+        """Write the flag; :class:`UnknownRun` / :class:`RunEnded` as :meth:`request_flag`."""
+        self._write_flag(run_id, name, value)
 
     def clear_flag(self, run_id: str, name: str) -> None:
-        self.gateway.delete(self.keys(run_id).flag(_check_flag_name(name)))
+        """Delete the flag; :class:`UnknownRun` / :class:`RunEnded` as :meth:`request_flag`."""
+        self._write_flag(run_id, name, None)
+
+    def request_flag(self, run_id: str, name: str, on: bool) -> bool:
+        """Set (``on``) or clear a flag of a run that exists and has not ended.
+
+        Returns whether the flag was true before. Raises :class:`UnknownRun`
+        when no key exists under ``<run>/``, :class:`RunEnded` when its status
+        is final (a flag on an ended run would hold up its next attempt), and
+        :class:`RunStatusChanging` when the status kept changing meanwhile.
+        """
+        return flag_is_true(self._write_flag(run_id, name, "1" if on else None))
+
+    def _write_flag(self, run_id: str, name: str, value: str | None) -> bytes | None:
+        """Put (or with ``None`` delete) the flag; the flag's value before.
+
+        The write is a transaction guarded by the status key's revision, so a
+        run that ends between our check and our write is refused, not flagged.
+        """
+        keys = self.keys(run_id)
+        flag_key = keys.flag(_check_flag_name(name))
+        gateway = self.gateway
+        for _attempt in range(FLAG_WRITE_ATTEMPTS):
+            status_kvs = gateway.range(keys.status).kvs
+            if not status_kvs and not self.run_exists(run_id):
+                raise UnknownRun(run_id)
+            status = status_kvs[0].text.strip() if status_kvs else None
+            if status in FINAL_STATUSES:
+                raise RunEnded(run_id, str(status))
+            before = gateway.get(flag_key)
+            guard = (
+                mod_revision_equals(keys.status, status_kvs[0].mod_revision)
+                if status_kvs
+                else key_missing(keys.status)
+            )
+            op = put_op(flag_key, value) if value is not None else delete_op(flag_key)
+            if gateway.txn([op], compare=[guard]):
+                return before
+        raise RunStatusChanging(f"run {run_id} changed status while a flag was written; retry")
 
     # -- status and metadata ----------------------------------------------------
 
@@ -186,7 +264,7 @@ class StateStore:
             cursor = prefix_end(f"{root}{run_id}/") if slash else keys[-1] + "\0"
 
     def leaf_ranges(self, run_id: str) -> list[tuple[str, str | None]]:
-        """The key ranges that hold a run's run-level keys (:attr:`RUN_LEAVES`) and no other.
+        """The key ranges that hold a run's run-level keys (``RUN_LEAVES``) and no other.
 
         ``cancelled`` < ``lease`` < ``meta`` < ``paused`` are adjacent; ``status``
         sorts after ``pauses/`` and ``results/`` and needs a range of its own.
@@ -228,7 +306,7 @@ class StateStore:
                 for raw in response.get("response_range", {}).get("kvs", ()):
                     kv = key_value(raw)
                     name = kv.key.removeprefix(keys.root + "/")
-                    if name in self.RUN_LEAVES:
+                    if name in RUN_LEAVES:
                         leaves[keys.run_id][name] = kv.value
         return leaves
 
@@ -259,7 +337,8 @@ class StateStore:
             self._views.clear()
         for view in views:
             view.stop()
-        self.gateway.close()
+        if self._gateway is not None:
+            self._gateway.close()
 
     def __enter__(self) -> StateStore:
         return self

@@ -19,7 +19,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .gateway import EtcdGateway, RangeResult, key_value, unb64
+from .gateway import (
+    ConnectionCallback,
+    EtcdGateway,
+    RangeResult,
+    key_value,
+    report_connection,
+    unb64,
+)
 
 log = logging.getLogger("pytest_taskctl.store")
 
@@ -91,7 +98,7 @@ class WatchedRange:
         range_end: str | None = None,
         *,
         max_backoff: float = 1.0,
-        on_connection_change: Callable[[bool, BaseException | None], None] | None = None,
+        on_connection_change: ConnectionCallback | None = None,
     ) -> None:
         self._gateway = gateway
         self.key = key
@@ -178,11 +185,7 @@ class WatchedRange:
         if connected == self.connected:
             return
         self.connected = connected
-        if self._on_connection_change is not None:
-            try:
-                self._on_connection_change(connected, error)
-            except Exception:
-                log.exception("connection-change callback failed")
+        report_connection(self._on_connection_change, connected, error)
 
     def _supervise(self, initial: RangeResult | None) -> None:
         backoff = 0.05

@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .gateway import MAX_TXN_OPS, EtcdGateway, delete_op, put_op
+from .gateway import (
+    MAX_TXN_OPS,
+    ConnectionCallback,
+    EtcdGateway,
+    delete_op,
+    put_op,
+    report_connection,
+)
 
 log = logging.getLogger("pytest_taskctl.store")
 
@@ -50,7 +57,7 @@ class KeyWriter:
         *,
         min_interval: float = 0.02,
         max_backoff: float = 1.0,
-        on_connection_change: Callable[[bool, BaseException | None], None] | None = None,
+        on_connection_change: ConnectionCallback | None = None,
     ) -> None:
         self._gateway = gateway
         self._pending: dict[str, _Write] = {}
@@ -130,11 +137,7 @@ class KeyWriter:
         if healthy == self.healthy:
             return
         self.healthy = healthy
-        if self._on_connection_change is not None:
-            try:
-                self._on_connection_change(healthy, error)
-            except Exception:
-                log.exception("connection-change callback failed")
+        report_connection(self._on_connection_change, healthy, error)
 
     def _due(self, now: float) -> tuple[list[str], float | None]:
         """Keys that may go out now (at most one transaction's worth), and when the next may.
@@ -167,7 +170,7 @@ class KeyWriter:
                 self._cond.wait(None if wake is None else wake - now)
             batch = [(key, self._pending.pop(key)) for key in keys]
             for key, write in batch:
-                if callable(write.value):
+                if write.interval:  # a forced write (no interval) starts no pause
                     self._written_at[key] = now
             self._inflight = len(batch)
             return batch

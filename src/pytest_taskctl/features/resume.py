@@ -21,7 +21,6 @@ process cannot start or resume a run that is still alive elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from ..etcd.gateway import (
     EtcdGateway,
     prefix_end,
 )
-from ..keys import RunKeys
+from ..keys import nodeid_identity
 from ..outcome import TestOutcome
 from ..ownership import LEASE_TTL, RunOwnership, owner_alive
 from ..process import process_identity
@@ -53,8 +52,6 @@ RESUME_HELP = (
     "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
     "run the failed, errored and never-run ones"
 )
-#: Node ids longer than this (UTF-8 bytes) are keyed and matched by their SHA-256.
-LONG_NODEID = 1024
 RESULTS_FILE = "results.jsonl"
 
 
@@ -63,29 +60,6 @@ class RunStillRunning(Exception):
 
 
 # -- keys and identities ------------------------------------------------------------
-
-
-def lease_key(keys: RunKeys) -> str:
-    return f"{keys.root}/lease"
-
-
-def nodeid_identity(nodeid: str) -> str:
-    """What a result is matched by: the node id, or ``sha256:<hex>`` for a very long one."""
-    raw = nodeid.encode("utf-8", "surrogateescape")
-    if len(raw) <= LONG_NODEID:
-        return nodeid
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def result_key(keys: RunKeys, nodeid: str) -> str:
-    """``<run>/results/<quoted nodeid>``; ``<run>/results/#sha256-<hex>`` for very long ids.
-
-    ``#`` never appears in a quoted node id, so the two forms cannot collide.
-    """
-    identity = nodeid_identity(nodeid)
-    if identity is nodeid:
-        return keys.result(nodeid)
-    return keys.results + "#sha256-" + identity.removeprefix("sha256:")
 
 
 def result_record(nodeid: str, outcome: TestOutcome, attempt: int) -> dict[str, Any]:
@@ -280,7 +254,7 @@ class ResumePlugin:
     def _take_run(self, gateway: EtcdGateway) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Take the lease (refusing a live run); return the previous meta and, with --resume,
         the earlier results."""
-        key = lease_key(self.keys)
+        key = self.keys.lease
         for _ in range(3):
             # "lease" < "meta" and no other key of the layout sorts between them.
             found = {kv.key: kv for kv in gateway.range(key, self.keys.meta + "\0").kvs}
@@ -410,7 +384,7 @@ class ResumePlugin:
             # in etcd; the local record is appended here, one short write per test.
             record = result_record(nodeid, outcome, self.attempt)
             if self.run.writer is not None:
-                key = result_key(self.keys, nodeid)
+                key = self.keys.result(nodeid)
                 self.run.writer.put(key, json.dumps(record, ensure_ascii=False))
             self.local.append([{"type": "result", **record}])
 
