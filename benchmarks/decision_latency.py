@@ -59,9 +59,9 @@ from _common import (  # noqa: E402
 )
 
 from pytest_taskctl import StateStore  # noqa: E402
-from pytest_taskctl.features.pauses import decide, list_pauses  # noqa: E402
+from pytest_taskctl.etcd.gateway import prefix_end  # noqa: E402
 from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
-from pytest_taskctl.etcd.store import prefix_end  # noqa: E402
+from pytest_taskctl.features.pauses import decide, list_pauses  # noqa: E402
 
 PREFIX = "/bench-decisions"
 
@@ -335,25 +335,26 @@ def measure_cost(tmp: Path, env: dict[str, str], tests: int, runs: int) -> str:
 
 def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
     """The per-test work on the test's thread, in-process: a test's three reports folded
-    (as TaskRun does), its record built and queued, the attempt's counts in meta updated.
-    The sink's thread writes to etcd meanwhile, as in a run."""
+    (as TaskRun does), its record built, queued on the writer and appended to the local
+    record, the attempt's counts in meta updated. The writer's thread writes to etcd
+    meanwhile, as in a run."""
     import pytest
 
+    from pytest_taskctl.etcd.writer import KeyWriter
+    from pytest_taskctl.features.resume import ResumePlugin
     from pytest_taskctl.outcome import TestOutcome
-    from pytest_taskctl.features.resume import LocalRecord, ResultSink, ResumePlugin
-    from pytest_taskctl.etcd.store import KeyWriter
 
     settings = SimpleNamespace(keys=store.keys("hook"), run_dir=tmp / "hook")
+    writer = KeyWriter(store.gateway)
     run = SimpleNamespace(
         settings=settings,
+        writer=writer,
         is_worker=False,
         control=SimpleNamespace(meta={}, update_meta=lambda **fields: None),
     )
     plugin = ResumePlugin(SimpleNamespace(option=SimpleNamespace(taskctl_resume=False)), run)  # type: ignore[arg-type]
-    writer = KeyWriter(store.gateway)
-    local = LocalRecord(settings.run_dir / "results.jsonl")
-    local.open(1, resume=False)
-    plugin.sink = ResultSink(writer, local, 0.1)
+    plugin.local.open(1, resume=False)
+    plugin.recording = True
     plugin._attempts = [{"attempt": 1, "counts": {}}]
     plugin.to_run = count
     reports = [
@@ -378,7 +379,7 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
             outcome.record(report)
         plugin._on_test_finished(triple[0].nodeid, outcome)
     elapsed = time.perf_counter() - started
-    plugin.sink.close()
+    plugin.local.close()
     landed = writer.close(5.0)
     stored = len(store.gateway.range_prefix(settings.keys.results, keys_only=True).kvs)
     return markdown_table(

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from pytest_taskctl import StateStore, cli
+from pytest_taskctl.etcd.gateway import EtcdGateway, EtcdUnavailable
 from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port, port_in_use
-from pytest_taskctl.etcd.store import EtcdGateway, EtcdUnavailable
 from pytest_taskctl.keys import RUN_ID_PATTERN, RunKeys
 
 from .conftest import Etcdctl, stop_process, wait_for
@@ -477,7 +477,8 @@ def test_watch_on_a_terminal_draws_a_live_panel(
 
 def _connects(endpoint: str) -> bool:
     try:
-        StateStore(endpoint).close()
+        with StateStore(endpoint) as store:
+            store.run_ids()  # the store connects on first use
     except EtcdUnavailable:
         return False
     return True

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_taskctl import ResumeDecision, StateStore, checkpoint, cli
-from pytest_taskctl.etcd.store import put_op
+from pytest_taskctl.etcd.gateway import put_op
 from pytest_taskctl.features.livepause import FAILURE_TASK
 from pytest_taskctl.features.pauses import PauseError, decide, list_pauses
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.etcd.store import put_op
-from pytest_taskctl.features.resume import LONG_NODEID, result_key
-from pytest_taskctl.keys import RunKeys
+from pytest_taskctl.etcd.gateway import put_op
+from pytest_taskctl.keys import LONG_NODEID, RunKeys
 
 from .conftest import INNER_INI, wait_for
 
@@ -270,7 +269,7 @@ def test_odd_and_very_long_nodeids_round_trip(
 def test_result_keys_are_safe_and_unique() -> None:
     keys = RunKeys("/p", "r")
     nodeids = ["t.py::a/b", "t.py::a%2Fb", "t.py::a[#sha256-x]", "t.py::" + "é" * 600]
-    made = [result_key(keys, n) for n in nodeids]
+    made = [keys.result(n) for n in nodeids]
     assert len(set(made)) == len(made)
     assert all(k.startswith("/p/runs/r/results/") and "/" not in k[len("/p/runs/r/results/") :]
                for k in made)  # fmt: skip

@@ -8,7 +8,11 @@ import time
 import pytest
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.etcd.store import EtcdUnavailable, KeyWriter, WatchedRange
+from pytest_taskctl.etcd.gateway import EtcdUnavailable
+from pytest_taskctl.etcd.lease import Lease
+from pytest_taskctl.etcd.store import RunEnded, UnknownRun
+from pytest_taskctl.etcd.watch import WatchedRange
+from pytest_taskctl.etcd.writer import KeyWriter
 from pytest_taskctl.keys import InvalidRunId, flag_is_true
 
 from .conftest import Etcdctl, wait_for
@@ -33,9 +37,39 @@ def test_missing_flag_is_false(store: StateStore) -> None:
 def test_set_and_clear_flag_are_visible_to_etcdctl(
     store: StateStore, etcdctl: Etcdctl, prefix: str
 ) -> None:
+    store.set_status("r1", "RUNNING")
     store.set_flag("r1", "paused")
     assert etcdctl.get(f"{prefix}/runs/r1/paused") == "1"
     store.clear_flag("r1", "paused")
+    assert etcdctl.get(f"{prefix}/runs/r1/paused") is None
+
+
+def test_flags_of_an_unknown_run_are_refused(store: StateStore, etcdctl: Etcdctl) -> None:
+    with pytest.raises(UnknownRun, match="no run 'nobody'"):
+        store.set_flag("nobody", "paused")
+    with pytest.raises(UnknownRun):
+        store.request_flag("nobody", "cancelled", on=True)
+    assert store.run_exists("nobody") is False  # nothing was written
+
+
+def test_flags_of_an_ended_run_are_refused(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
+    store.set_status("r1", "COMPLETED")
+    with pytest.raises(RunEnded, match=r"run r1 already ended \(COMPLETED\)"):
+        store.set_flag("r1", "cancelled")
+    with pytest.raises(RunEnded):
+        store.clear_flag("r1", "paused")
+    assert etcdctl.get(f"{prefix}/runs/r1/cancelled") is None
+
+
+def test_request_flag_answers_the_previous_state(
+    store: StateStore, etcdctl: Etcdctl, prefix: str
+) -> None:
+    etcdctl("put", f"{prefix}/runs/r1/results/t.py%3A%3Aa", "{}")  # a run without a status yet
+    assert store.request_flag("r1", "paused", on=True) is False
+    assert store.request_flag("r1", "paused", on=True) is True
+    assert store.request_flag("r1", "paused", on=False) is True
     assert etcdctl.get(f"{prefix}/runs/r1/paused") is None
 
 
@@ -86,11 +120,13 @@ def test_invalid_run_ids_are_refused(store: StateStore, bad: str) -> None:
         store.check_flag(bad, "paused")
 
 
-def test_unreachable_etcd_raises_clear_error_quickly() -> None:
+def test_unreachable_etcd_raises_clear_error_quickly_at_first_use() -> None:
+    store = StateStore("127.0.0.1:1")  # connects on first use, not here
     started = time.monotonic()
     with pytest.raises(EtcdUnavailable, match=r"127\.0\.0\.1:1: connection refused"):
-        StateStore("127.0.0.1:1")
+        store.get_status("r1")
     assert time.monotonic() - started < 5
+    store.close()
 
 
 def test_key_writer_batches_and_flushes(store: StateStore, prefix: str) -> None:
@@ -106,7 +142,7 @@ def test_key_writer_batches_and_flushes(store: StateStore, prefix: str) -> None:
 
 
 def test_watch_survives_etcd_sigkill_and_restart(etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
-    """etcd3-py's own Watcher dies silently here (FIELD-NOTES); ours re-reads and re-watches."""
+    """etcd3-py's own Watcher dies silently on a SIGKILLed etcd; ours re-reads and re-watches."""
     server = etcd_factory()
     store = StateStore(server.endpoint, prefix)
     changes: list[bool] = []
@@ -151,3 +187,43 @@ def test_key_writer_retries_until_etcd_returns(etcd_factory, prefix: str) -> Non
     assert Etcdctl(server.endpoint).get(f"{prefix}/late") == "landed"
     writer.close()
     store.close()
+
+
+def test_lease_outlives_its_ttl_until_revoked(store: StateStore, prefix: str) -> None:
+    lease = Lease.grant(store.gateway, ttl=2)
+    store.gateway.put(f"{prefix}/held", "x", lease=lease.id)
+    time.sleep(3)  # longer than the TTL: only the keep-alive thread holds it
+    assert store.gateway.get(f"{prefix}/held") == b"x"
+    assert not lease.done.is_set()
+    lease.revoke()
+    assert lease.done.is_set() and not lease.lost
+    assert store.gateway.get(f"{prefix}/held") is None
+    lease.revoke()  # twice is harmless
+
+
+def test_lease_lost_sets_done_and_calls_back(store: StateStore) -> None:
+    lost: list[Lease] = []
+    lease = Lease.grant(store.gateway, ttl=2, on_lost=lost.append)
+    store.gateway.lease_revoke(lease.id)  # as when it expired while etcd was away
+    assert lease.done.wait(5)
+    assert lease.lost and lost == [lease]
+    lease.revoke()  # never raises, even for a lease etcd no longer has
+
+
+def test_key_writer_put_lazy_writes_the_value_of_the_moment(store: StateStore, prefix: str) -> None:
+    writer = KeyWriter(store.gateway)
+    key = f"{prefix}/progress"
+    state = {"n": 0}
+    made: list[int] = []
+
+    def produce() -> str:
+        made.append(state["n"])
+        return str(state["n"])
+
+    for n in range(1, 200):
+        state["n"] = n
+        writer.put_lazy(key, produce, interval=5.0)  # longer than the test: only a flush writes
+    assert writer.flush(timeout=10)
+    assert store.gateway.get(key) == b"199"
+    assert len(made) <= 2  # the first change at once, then the rest coalesced into one
+    writer.close()

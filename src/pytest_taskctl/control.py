@@ -1,8 +1,8 @@
 """Pause gate, cancel and progress of one run, driven by the watched flags.
 
 Nothing here talks to etcd on the caller's thread: flags come from the
-:class:`~pytest_taskctl.store.WatchedRange`, status and progress go out
-through the :class:`~pytest_taskctl.store.KeyWriter`.
+:class:`~pytest_taskctl.etcd.watch.WatchedRange`, status and progress go out
+through the :class:`~pytest_taskctl.etcd.writer.KeyWriter`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .etcd.store import KeyWriter, WatchedRange
+from .etcd.watch import WatchedRange
+from .etcd.writer import KeyWriter
 from .keys import RunKeys, flag_is_true
 
 log = logging.getLogger("pytest_taskctl.plugin")
@@ -52,10 +53,7 @@ class RunControl:
         self._status = ""
         self._lock = threading.Lock()
         self._meta_lock = threading.Lock()
-        self._last_progress = 0.0
-        self._progress_changed = threading.Event()
         self._stopped = threading.Event()
-        self._publisher: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -100,7 +98,7 @@ class RunControl:
             f"taskctl: PAUSED before {nodeid}: running tests finish, no new test starts; "
             f"resume with: etcdctl del {self.keys.paused}  (or taskctl resume {self.keys.run_id})"
         )
-        self._progress_changed.set()
+        self.publish_progress()
         started = time.monotonic()
 
         def released(values: Mapping[str, bytes]) -> bool:
@@ -126,7 +124,7 @@ class RunControl:
     def _test_started(self, nodeid: str) -> None:
         with self._lock:
             self._running[threading.get_ident()] = nodeid
-        self._progress_changed.set()
+        self.publish_progress()
 
     def test_finished(self, counter: str | None) -> None:
         """Count a finished test (``counter``: passed/failed/skipped) and free its slot."""
@@ -136,17 +134,7 @@ class RunControl:
                 self.counts[counter] += 1
             if self._waiting:
                 self._refresh_status()
-        self._progress_changed.set()
-
-    def _publish_loop(self) -> None:
-        """Publish progress off the test thread, at most every PROGRESS_INTERVAL."""
-        while not self._stopped.is_set():
-            self._progress_changed.wait()
-            self._progress_changed.clear()
-            if self._stopped.is_set():
-                return
-            self.publish_progress(force=True)
-            self._stopped.wait(PROGRESS_INTERVAL)
+        self.publish_progress()
 
     def progress(self) -> dict[str, Any]:
         with self._lock:
@@ -164,24 +152,30 @@ class RunControl:
         """Change fields of the meta record; published with the next progress update.
 
         Features (resume, live pause) call this from test threads while the
-        publisher serializes ``meta``: the lock keeps both consistent.
+        writer's thread serializes ``meta``: the lock keeps both consistent.
         """
         with self._meta_lock:
             self.meta.update(fields)
-        self._progress_changed.set()
+        self.publish_progress()
 
     def publish_progress(self, force: bool = False, status: str | None = None) -> None:
-        """Queue the meta record (and ``status`` with it, in the same transaction)."""
-        now = time.monotonic()
-        if self.writer is None or (not force and now - self._last_progress < PROGRESS_INTERVAL):
+        """Queue the meta record (and ``status`` with it, in the same transaction).
+
+        The record is made on the writer's thread when its transaction is built,
+        at most every ``PROGRESS_INTERVAL`` unless ``force``d: a test only queues it.
+        """
+        if self.writer is None:
             return
-        self._last_progress = now
+        if status is None:
+            interval = 0.0 if force else PROGRESS_INTERVAL
+            self.writer.put_lazy(self.keys.meta, self._meta_json, interval=interval)
+        else:
+            self.writer.put_many({self.keys.meta: self._meta_json, self.keys.status: status})
+
+    def _meta_json(self) -> str:
         with self._meta_lock:
             self.meta.update(self.progress(), updated=time.time())
-            writes = {self.keys.meta: json.dumps(self.meta, sort_keys=True)}
-            if status is not None:
-                writes[self.keys.status] = status
-            self.writer.put_many(writes)
+            return json.dumps(self.meta, sort_keys=True)
 
     # -- status -----------------------------------------------------------------
 
@@ -209,18 +203,10 @@ class RunControl:
         with self._lock:
             self._status = "RUNNING"
         self.publish_progress(force=True, status="RUNNING")
-        if self.writer is not None:
-            self._publisher = threading.Thread(
-                target=self._publish_loop, name="taskctl-progress", daemon=True
-            )
-            self._publisher.start()
 
     def stop(self) -> None:
-        """No new test passes the gate; the progress publisher ends."""
+        """No new test passes the gate."""
         self._stopped.set()
-        self._progress_changed.set()
-        if self._publisher is not None and self._publisher is not threading.current_thread():
-            self._publisher.join(2.0)
 
     def finish(self, status: str, extra: Mapping[str, Any]) -> None:
         """The end status and the final meta, written together."""

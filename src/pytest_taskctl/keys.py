@@ -1,12 +1,13 @@
 """The etcd key layout of a run, written down once.
 
 Everything that reads or writes etcd (the plugin, the CLI, ``StateStore``)
-derives key names from :class:`RunKeys`, so the layout in CONTRACT.md has a
-single home.
+derives key names from :class:`RunKeys`, so the layout users and scripts rely
+on (``<prefix>/runs/<run_id>/paused``, ...) has a single home.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
@@ -22,6 +23,14 @@ FLAG_NAMES = ("paused", "cancelled")
 
 from .status import FINAL_STATUSES as FINAL_STATUSES  # noqa: E402 - re-exported
 from .status import STATUSES as STATUSES  # noqa: E402 - re-exported
+
+#: The run-level keys (``<run>/<name>``), in byte order; results and pauses sit below them.
+RUN_LEAVES = ("cancelled", "lease", "meta", "paused", "status")
+#: The run-level keys a change of which is a new state of the run (all but the lease).
+RUN_STATE_LEAVES = ("status", "meta", *FLAG_NAMES)
+
+#: Node ids longer than this (UTF-8 bytes) are keyed and matched by their SHA-256.
+LONG_NODEID = 1024
 
 
 class InvalidRunId(ValueError):
@@ -66,6 +75,14 @@ def decode_nodeid(segment: str) -> str:
     return unquote(segment)
 
 
+def nodeid_identity(nodeid: str) -> str:
+    """What a result is matched by: the node id, or ``sha256:<hex>`` for a very long one."""
+    raw = nodeid.encode("utf-8", "surrogateescape")
+    if len(raw) <= LONG_NODEID:
+        return nodeid
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
 @dataclass(frozen=True)
 class RunKeys:
     """Key names below ``<prefix>/runs/<run_id>``."""
@@ -97,11 +114,23 @@ class RunKeys:
         return f"{self.root}/meta"
 
     @property
+    def lease(self) -> str:
+        """Who owns the run: attached to the owning process's lease."""
+        return f"{self.root}/lease"
+
+    @property
     def results(self) -> str:
         return f"{self.root}/results/"
 
     def result(self, nodeid: str) -> str:
-        return self.results + encode_nodeid(nodeid)
+        """``<run>/results/<quoted nodeid>``; ``<run>/results/#sha256-<hex>`` for very long ids.
+
+        ``#`` never appears in a quoted node id, so the two forms cannot collide.
+        """
+        identity = nodeid_identity(nodeid)
+        if identity is nodeid:
+            return self.results + encode_nodeid(nodeid)
+        return self.results + "#sha256-" + identity.removeprefix("sha256:")
 
     @property
     def pauses(self) -> str:
@@ -114,9 +143,10 @@ class RunKeys:
     def control_range(self) -> tuple[str, str]:
         """The smallest key range holding both user flags.
 
-        ``cancelled`` < ``meta`` < ``paused`` in byte order, so one watch on
-        ``[cancelled, paused\\0)`` sees both flags and, besides them, only the
-        rarely written ``meta`` -- not the stream of result writes.
+        ``cancelled`` < ``lease`` < ``meta`` < ``paused`` in byte order, so one
+        watch on ``[cancelled, paused\\0)`` sees both flags and, besides them,
+        only the once-written ``lease`` and the rarely written ``meta`` -- not
+        the stream of result writes.
         """
         return self.cancelled, self.paused + "\0"
 

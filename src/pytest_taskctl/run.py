@@ -20,7 +20,10 @@ import pytest
 from .config import RunSettings, redact_argv
 from .control import CANCEL_REASON, RunControl
 from .etcd.connection import JointConnection
-from .etcd.store import EtcdGateway, EtcdUnavailable, KeyWriter, WatchedRange, clear_stale_flags
+from .etcd.gateway import EtcdGateway, EtcdUnavailable
+from .etcd.store import clear_stale_flags
+from .etcd.watch import WatchedRange
+from .etcd.writer import KeyWriter
 from .outcome import TestOutcome
 from .process import process_identity
 from .signals import SigtermInterrupts

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
+from ..etcd.gateway import EtcdUnavailable
 from ..etcd.settings import SettingError
-from ..etcd.store import EtcdUnavailable
 from .context import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,

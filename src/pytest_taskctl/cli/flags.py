@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..etcd.store import delete_op, key_missing, mod_revision_equals, put_op
-from ..keys import FINAL_STATUSES, flag_is_true
+from ..etcd.store import RunEnded, RunStatusChanging, UnknownRun
 from .context import EXIT_OK, CommandFailed, Context
 from .views import unknown_run
 
@@ -57,38 +56,25 @@ FLAG_ACTIONS = {
 
 
 def apply_flag(ctx: Context, action: FlagAction, run_id: str) -> int:
-    """Write the flag unless the run is unknown or over.
-
-    The write is a transaction guarded by the status key's revision, so a run
-    that ends between our check and our write is refused, not flagged.
-    """
-    keys = ctx.keys(run_id)
-    gateway = ctx.store.gateway
-    flag_key = keys.flag(action.flag)
-    for _attempt in range(5):
-        status_kvs = gateway.range(keys.status).kvs
-        if not status_kvs and not ctx.store.run_exists(run_id):
-            raise unknown_run(ctx, run_id)
-        status = status_kvs[0].text.strip() if status_kvs else None
-        if status in FINAL_STATUSES:
-            raise CommandFailed(f"run {run_id} already ended ({status}); nothing to {action.verb}")
-        before = gateway.get(flag_key)
-        guard = (
-            mod_revision_equals(keys.status, status_kvs[0].mod_revision)
-            if status_kvs
-            else key_missing(keys.status)
-        )
-        op = put_op(flag_key, "1") if action.set_flag else delete_op(flag_key)
-        if gateway.txn([op], compare=[guard]):
-            break
-    else:
-        raise CommandFailed(f"run {run_id} changed status while we tried to {action.verb}; retry")
+    """Write the flag unless the run is unknown or over (see :meth:`StateStore.request_flag`)."""
+    try:
+        before = ctx.store.request_flag(run_id, action.flag, action.set_flag)
+    except UnknownRun:
+        raise unknown_run(ctx, run_id) from None
+    except RunEnded as exc:
+        raise CommandFailed(
+            f"run {run_id} already ended ({exc.status}); nothing to {action.verb}"
+        ) from None
+    except RunStatusChanging:
+        raise CommandFailed(
+            f"run {run_id} changed status while we tried to {action.verb}; retry"
+        ) from None
     message = action.done.format(run=run_id)
-    if action.verb == "pause" and flag_is_true(before):
+    if action.verb == "pause" and before:
         message += " (it was already paused)"
-    elif action.verb == "resume" and not flag_is_true(before):
+    elif action.verb == "resume" and not before:
         message = f"{run_id} was not paused; nothing to resume"
-    elif action.verb == "cancel" and flag_is_true(gateway.get(keys.paused)):
+    elif action.verb == "cancel" and ctx.store.check_flag(run_id, "paused"):
         message += "; the pause is released"
     ctx.say(message)
     return EXIT_OK

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..etcd.connection import ConnectionCallback, JointConnection
-from ..etcd.store import RangeResult, StateStore, WatchedRange
-from ..keys import FINAL_STATUSES
+from ..etcd.gateway import RangeResult
+from ..etcd.store import StateStore
+from ..etcd.watch import WatchedRange
+from ..keys import FINAL_STATUSES, RUN_STATE_LEAVES
 from ..process import local_process_dead
 from ..records import json_object
 from .context import EXIT_OK, CommandFailed, Context, add_run_id, non_negative_float
@@ -28,8 +30,6 @@ from .views import (
     unknown_run,
 )
 
-#: The run-level keys (``<run>/<name>``) taskctl shows; a change of one is a new state.
-SHOWN_LEAVES = ("status", "meta", "paused", "cancelled")
 #: How often ``watch`` looks at its local copy of ``<run>/status`` (no etcd traffic).
 STATUS_POLL = 0.05
 #: How long ``watch`` waits for the final ``meta`` once the final status is in
@@ -199,7 +199,7 @@ class RunView:
             values.update(view.snapshot())
         return {
             name: value
-            for name in SHOWN_LEAVES
+            for name in RUN_STATE_LEAVES
             if (value := values.get(self.keys.flag(name))) is not None
         }
 

@@ -26,14 +26,9 @@ import pytest
 from opentelemetry import trace
 
 from ..control import CANCEL_REASON
-from ..etcd.store import (
-    EtcdGateway,
-    RangeResult,
-    WatchedRange,
-    key_missing,
-    mod_revision_equals,
-    put_op,
-)
+from ..etcd.gateway import EtcdGateway, RangeResult, key_missing, mod_revision_equals, put_op
+from ..etcd.lease import Lease
+from ..etcd.watch import WatchedRange
 from ..process import process_identity
 from .pauses import RESULT_TOKENS, new_pause_id, pause_record, result_token
 
@@ -48,6 +43,8 @@ CHECKPOINT_TASK = "Complete the pending task and then resume the paused test."
 CANCEL_POLL = 0.05
 #: TTL of the lease a waiting pause keeps alive; a dead process's pause is stale after this.
 PAUSE_LEASE_TTL = 10
+#: How often a waiting pause tries to replace a lease that expired during an etcd outage.
+RENEW_RETRY = 1.0
 MAX_FAILURE_TEXT = 16_000
 
 
@@ -153,14 +150,18 @@ class LivePauses:
             "deadline": round(now + timeout, 3),
             "state": "pending",
         }
+        lease: Lease | None = None
         try:
             if gateway is None:
                 raise ConnectionError(run.etcd_error or "etcd unreachable")
-            record["lease"] = gateway.lease_grant(PAUSE_LEASE_TTL)
+            lease = Lease.grant(gateway, PAUSE_LEASE_TTL)
+            record["lease"] = lease.id
             if not gateway.txn([put_op(key, json.dumps(record))], [key_missing(key)]):
                 raise RuntimeError(f"pause id {pause_id} already taken")
             initial = gateway.range(key)
         except Exception as exc:
+            if lease is not None:
+                lease.revoke()
             self._say(f"taskctl: cannot pause {nodeid} for a decision: {exc}; going on")
             decision = ResumeDecision(
                 "timed_out", reason=f"taskctl: no live pause possible ({exc})"
@@ -169,11 +170,7 @@ class LivePauses:
             return decision
         self._announce(record)
         started = time.monotonic()
-        try:
-            decision = self._wait(gateway, key, record, initial, timeout)
-        finally:
-            with contextlib.suppress(Exception):
-                gateway.lease_revoke(record["lease"])
+        decision = self._wait(gateway, key, record, initial, timeout, lease)
         self._finished(nodeid, kind, task, decision, time.monotonic() - started)
         return decision
 
@@ -184,46 +181,56 @@ class LivePauses:
         record: dict[str, Any],
         initial: RangeResult,
         timeout: float,
+        lease: Lease,
     ) -> ResumeDecision:
+        """Wait for the answer; the pause's lease (kept alive meanwhile) is revoked at the end."""
         pause_id = record["pause_id"]
         revision = initial.kvs[0].mod_revision
         answered = _answered(key)
         view = WatchedRange(gateway, key).start(initial)
         deadline = time.monotonic() + timeout
-        next_keepalive = time.monotonic() + PAUSE_LEASE_TTL / 3
+        next_renewal = 0.0
         try:
-            while True:
-                remaining = max(0.0, deadline - time.monotonic())
-                if view.wait_until(answered, min(remaining, CANCEL_POLL)):
-                    return _decision_of(pause_record(view.get(key)), pause_id)
-                if self.run.control.is_cancelled():
-                    outcome: Literal["timed_out", "cancelled"] = "cancelled"
-                    break
-                now = time.monotonic()
-                if now >= deadline:
-                    outcome = "timed_out"
-                    break
-                if now >= next_keepalive:
-                    next_keepalive = now + PAUSE_LEASE_TTL / 3
-                    revision = self._keep_alive(gateway, key, record, revision)
+            try:
+                while True:
+                    remaining = max(0.0, deadline - time.monotonic())
+                    if view.wait_until(answered, min(remaining, CANCEL_POLL)):
+                        return _decision_of(pause_record(view.get(key)), pause_id)
+                    if self.run.control.is_cancelled():
+                        outcome: Literal["timed_out", "cancelled"] = "cancelled"
+                        break
+                    now = time.monotonic()
+                    if now >= deadline:
+                        outcome = "timed_out"
+                        break
+                    if lease.done.is_set() and now >= next_renewal:
+                        next_renewal = now + RENEW_RETRY
+                        lease, revision = self._renew_lease(gateway, key, record, revision, lease)
+            finally:
+                view.stop()
+            return self._close(gateway, key, record, revision, outcome)
         finally:
-            view.stop()
-        return self._close(gateway, key, record, revision, outcome)
+            lease.revoke()
 
-    def _keep_alive(
-        self, gateway: EtcdGateway, key: str, record: dict[str, Any], revision: int
-    ) -> int:
-        """Keep the pause's lease alive; after a long etcd outage, take a new one."""
+    def _renew_lease(
+        self, gateway: EtcdGateway, key: str, record: dict[str, Any], revision: int, lease: Lease
+    ) -> tuple[Lease, int]:
+        """The pause's lease expired during a long etcd outage: name a new one in the record."""
         try:
-            if gateway.lease_keepalive(record["lease"]) > 0:
-                return revision
-            record["lease"] = gateway.lease_grant(PAUSE_LEASE_TTL)
-            if gateway.txn([put_op(key, json.dumps(record))], [mod_revision_equals(key, revision)]):
-                found = gateway.range(key).kvs
-                return found[0].mod_revision if found else revision
+            renewed = Lease.grant(gateway, PAUSE_LEASE_TTL)
         except Exception as exc:  # etcd away: the decision cannot come meanwhile either
-            log.debug("pause lease keep-alive failed: %s", exc)
-        return revision
+            log.debug("pause lease renewal failed: %s", exc)
+            return lease, revision
+        update = {**record, "lease": renewed.id}
+        try:
+            if gateway.txn([put_op(key, json.dumps(update))], [mod_revision_equals(key, revision)]):
+                record.update(update)
+                found = gateway.range(key).kvs
+                return renewed, found[0].mod_revision if found else revision
+        except Exception as exc:
+            log.debug("pause lease renewal failed: %s", exc)
+        renewed.revoke()  # answered meanwhile (the watch will tell), or etcd away again
+        return lease, revision
 
     def _close(
         self,

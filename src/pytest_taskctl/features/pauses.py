@@ -22,7 +22,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..etcd.store import EtcdGateway, StateStore, mod_revision_equals, prefix_end, put_op
+from ..etcd.gateway import EtcdGateway, mod_revision_equals, prefix_end, put_op
+from ..etcd.store import StateStore
 from ..keys import RunKeys, validate_run_id
 from ..process import local_process_dead
 from ..records import json_object

@@ -3,7 +3,7 @@
 Every run records each test's outcome when its teardown report arrives:
 
 * in etcd, ``<run>/results/<encoded nodeid>`` (JSON with the full node id),
-  queued on the run's :class:`~pytest_taskctl.store.KeyWriter` -- the test
+  queued on the run's :class:`~pytest_taskctl.etcd.writer.KeyWriter` -- the test
   never waits for etcd, the write lands within a few tens of milliseconds;
 * in ``logs/<run_id>/results.jsonl`` (one line per test, flushed), the
   fallback when etcd cannot be reached at resume time.
@@ -14,15 +14,13 @@ result that never reached the record means the test runs again. A run
 *without* ``--resume`` starts the run over: earlier results of the id are
 dropped.
 
-Every run with etcd also holds a lease on ``<run>/lease`` (value: host, pid),
-kept alive by a background thread and revoked at the end, so a second
+Every run with etcd also owns its id through ``<run>/lease`` (value: host,
+pid; see :mod:`pytest_taskctl.ownership`), released at the end, so a second
 process cannot start or resume a run that is still alive elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -35,18 +33,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 
-from ..etcd.store import (
+from ..etcd.gateway import (
     EtcdGateway,
-    KeyValue,
-    KeyWriter,
-    key_missing,
-    mod_revision_equals,
     prefix_end,
-    put_op,
 )
-from ..keys import RunKeys
+from ..keys import nodeid_identity
 from ..outcome import TestOutcome
-from ..process import local_process_dead, process_identity
+from ..ownership import LEASE_TTL, RunOwnership, owner_alive
+from ..process import process_identity
 from ..records import json_object
 
 if TYPE_CHECKING:
@@ -54,13 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-#: Seconds the run's lease lives without a keep-alive (a killed run frees its id after this).
-LEASE_TTL = 10
-#: Results leave the test's thread in batches at most this far apart (the contract:
-#: durable in etcd within 0.2 s of the test's end; the transaction takes a few ms more).
-RESULT_BATCH_INTERVAL = 0.1
-#: Node ids longer than this (UTF-8 bytes) are keyed and matched by their SHA-256.
-LONG_NODEID = 1024
 RESULTS_FILE = "results.jsonl"
 
 
@@ -69,29 +56,6 @@ class RunStillRunning(Exception):
 
 
 # -- keys and identities ------------------------------------------------------------
-
-
-def lease_key(keys: RunKeys) -> str:
-    return f"{keys.root}/lease"
-
-
-def nodeid_identity(nodeid: str) -> str:
-    """What a result is matched by: the node id, or ``sha256:<hex>`` for a very long one."""
-    raw = nodeid.encode("utf-8", "surrogateescape")
-    if len(raw) <= LONG_NODEID:
-        return nodeid
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def result_key(keys: RunKeys, nodeid: str) -> str:
-    """``<run>/results/<quoted nodeid>``; ``<run>/results/#sha256-<hex>`` for very long ids.
-
-    ``#`` never appears in a quoted node id, so the two forms cannot collide.
-    """
-    identity = nodeid_identity(nodeid)
-    if identity is nodeid:
-        return keys.result(nodeid)
-    return keys.results + "#sha256-" + identity.removeprefix("sha256:")
 
 
 def result_record(nodeid: str, outcome: TestOutcome, attempt: int) -> dict[str, Any]:
@@ -120,104 +84,6 @@ def passed_identities(records: Sequence[Mapping[str, Any]]) -> set[str]:
         if isinstance(identity, str):
             latest[identity] = record
     return {identity for identity, record in latest.items() if record.get("status") == "pass"}
-
-
-# -- the run's lease ------------------------------------------------------------------
-
-
-def owner_alive(owner: Mapping[str, Any]) -> bool:
-    """Whether the holder of a run lease that still exists is really alive.
-
-    The lease key exists, so etcd thinks so; on this host we can tell better
-    (a SIGKILLed run keeps its lease for up to ``LEASE_TTL`` seconds). A lease
-    of this very process is a session that did not end (in-process runs).
-    """
-    if owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid():
-        return False
-    return not local_process_dead(owner)
-
-
-class RunLease:
-    """``<run>/lease`` attached to an etcd lease this process keeps alive.
-
-    The key disappears ``LEASE_TTL`` seconds after the process dies (SIGKILL,
-    reboot) and at once when the run ends. If etcd was away for longer than
-    the TTL, the keep-alive thread takes a new lease -- unless another process
-    has taken the run meanwhile.
-    """
-
-    def __init__(
-        self, gateway: EtcdGateway, key: str, owner: dict[str, Any], lease_id: int, ttl: int
-    ) -> None:
-        self.gateway = gateway
-        self.key = key
-        self.owner = owner
-        self.lease_id = lease_id
-        self.ttl = ttl
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keep_alive, name="taskctl-lease", daemon=True)
-
-    @classmethod
-    def acquire(
-        cls,
-        gateway: EtcdGateway,
-        key: str,
-        owner: Mapping[str, Any],
-        previous: KeyValue | None,
-        ttl: int = LEASE_TTL,
-    ) -> RunLease | None:
-        """Take the key if it is still as read (``previous``); ``None`` if someone was faster."""
-        lease_id = gateway.lease_grant(ttl)
-        record = {**owner, "lease": lease_id}
-        compare = [
-            mod_revision_equals(key, previous.mod_revision) if previous else key_missing(key)
-        ]
-        if not gateway.txn([put_op(key, json.dumps(record), lease_id)], compare):
-            with contextlib.suppress(Exception):
-                gateway.lease_revoke(lease_id)
-            return None
-        lease = cls(gateway, key, record, lease_id, ttl)
-        lease._thread.start()
-        return lease
-
-    def _keep_alive(self) -> None:
-        interval = max(0.5, self.ttl / 3)
-        wait = interval
-        while not self._stop.wait(wait):
-            try:
-                if self.gateway.lease_keepalive(self.lease_id) > 0:
-                    wait = interval
-                    continue
-                self._renew()
-                wait = interval
-            except Exception as exc:  # etcd away: keep trying, faster than the TTL
-                log.debug("lease keep-alive failed: %s", exc)
-                wait = min(1.0, interval)
-            if self.lost:
-                return
-
-    def _renew(self) -> None:
-        """Our lease expired (etcd was away longer than the TTL): take a new one."""
-        lease_id = self.gateway.lease_grant(self.ttl)
-        record = {**self.owner, "lease": lease_id}
-        if self.gateway.txn(
-            [put_op(self.key, json.dumps(record), lease_id)], [key_missing(self.key)]
-        ):
-            self.lease_id, self.owner = lease_id, record
-            log.warning("run lease expired while etcd was away; took a new one")
-            return
-        with contextlib.suppress(Exception):
-            self.gateway.lease_revoke(lease_id)
-        self.lost = True
-        log.warning("run lease lost: another process has taken this run id (%s)", self.key)
-
-    def release(self) -> None:
-        self._stop.set()
-        self._thread.join(0.5)  # a keep-alive stuck on a dead etcd must not hold up the exit
-        if not self.lost:
-            with contextlib.suppress(Exception):
-                self.gateway.lease_revoke(self.lease_id)
 
 
 # -- the local record ---------------------------------------------------------------
@@ -278,59 +144,6 @@ class LocalRecord:
                 self._file = None
 
 
-class ResultSink:
-    """Takes results off the test's thread and writes them in batches.
-
-    A test only appends to a list. A thread waits ``interval`` after the first
-    result of a batch, then hands the batch to the run's KeyWriter (one etcd
-    transaction) and appends it to the local record (one flush). So results
-    are durable within ``interval`` plus one transaction of the test's end,
-    and a burst of short tests costs a handful of transactions a second.
-    """
-
-    def __init__(self, writer: KeyWriter | None, local: LocalRecord, interval: float) -> None:
-        self.writer = writer
-        self.local = local
-        self.interval = interval
-        self._pending: list[tuple[str, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="taskctl-results", daemon=True)
-        self._thread.start()
-
-    def add(self, key: str, record: dict[str, Any]) -> None:
-        with self._cond:
-            self._pending.append((key, record))
-            if len(self._pending) == 1:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while not self._closing.is_set():
-            with self._cond:
-                while not self._pending and not self._closing.is_set():
-                    self._cond.wait()
-            self._closing.wait(self.interval)  # gather the batch; at once when closing
-            self._flush()
-
-    def _flush(self) -> None:
-        with self._cond:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        if self.writer is not None:
-            self.writer.put_many({key: json.dumps(r, ensure_ascii=False) for key, r in batch})
-        self.local.append([{"type": "result", **record} for _, record in batch])
-
-    def close(self) -> None:
-        """Hand over what is pending (before the run closes its writer) and stop."""
-        self._closing.set()
-        with self._cond:
-            self._cond.notify()
-        self._thread.join(2.0)
-        self._flush()
-        self.local.close()
-
-
 # -- the plugin -----------------------------------------------------------------------
 
 
@@ -357,8 +170,8 @@ class ResumePlugin:
         self.keys = run.settings.keys
         self.local = LocalRecord(run.settings.run_dir / RESULTS_FILE)
         self.records = not run.is_worker
-        self.lease: RunLease | None = None
-        self.sink: ResultSink | None = None
+        self.lease: RunOwnership | None = None
+        self.recording = False  # results are recorded once the run has started
         self.etcd_ok = False  # the run's history was read from etcd
         self.attempt = 1
         self.source = ""  # where earlier results came from: "etcd", "local", or "" (none)
@@ -402,7 +215,7 @@ class ResumePlugin:
             self._passed = passed_identities(earlier)
             self.earlier_results = len(earlier)
         self.local.open(self.attempt, self.resume)
-        self.sink = ResultSink(run.writer, self.local, RESULT_BATCH_INTERVAL)
+        self.recording = True
         entry = {
             "attempt": self.attempt,
             "started": round(time.time(), 3),
@@ -424,7 +237,7 @@ class ResumePlugin:
     def _take_run(self, gateway: EtcdGateway) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Take the lease (refusing a live run); return the previous meta and, with --resume,
         the earlier results."""
-        key = lease_key(self.keys)
+        key = self.keys.lease
         for _ in range(3):
             # "lease" < "meta" and no other key of the layout sorts between them.
             found = {kv.key: kv for kv in gateway.range(key, self.keys.meta + "\0").kvs}
@@ -435,7 +248,7 @@ class ResumePlugin:
                     _still_running_message(self.keys.run_id, owner or {}, self.resume)
                 )
             me = {**process_identity(), "run_id": self.keys.run_id, "started": time.time()}
-            self.lease = RunLease.acquire(gateway, key, me, holder)
+            self.lease = RunOwnership.acquire(gateway, key, me, holder)
             if self.lease is not None:
                 break
         else:
@@ -454,8 +267,7 @@ class ResumePlugin:
         return previous_meta, records
 
     def pytest_taskctl_run_closing(self, run: TaskRun) -> None:
-        if self.sink is not None:
-            self.sink.close()  # normally done in sessionfinish; this is the no-session path
+        self.local.close()  # normally done when the run finishes; this is the no-session path
         if self.lease is not None:
             self.lease.release()
 
@@ -556,10 +368,14 @@ class ResumePlugin:
             if self._entry is not None:
                 left = self.to_run - self.counts["passed"] if self.to_run else None
                 self._update_attempt(left=left, counts=dict(self.counts))
-        if self.sink is not None:
-            self.sink.add(
-                result_key(self.keys, nodeid), result_record(nodeid, outcome, self.attempt)
-            )
+        if self.recording:
+            # The writer's next transaction (within tens of milliseconds) makes it durable
+            # in etcd; the local record is appended here, one short write per test.
+            record = result_record(nodeid, outcome, self.attempt)
+            if self.run.writer is not None:
+                key = self.keys.result(nodeid)
+                self.run.writer.put(key, json.dumps(record, ensure_ascii=False))
+            self.local.append([{"type": "result", **record}])
 
     def _update_attempt(self, left: int | None = None, **fields: Any) -> None:
         """Replace this attempt's entry (and ``left``, if given) in the run's meta.
@@ -588,8 +404,7 @@ class ResumePlugin:
             status = run.end_status(session)
             with self._lock:
                 self._update_attempt(ended=round(time.time(), 3), status=status)
-        if self.sink is not None:
-            self.sink.close()  # before the run closes its writer
+        self.local.close()
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run_id = self.keys.run_id
