@@ -66,6 +66,11 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
     return spans
 
 
+def roots(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The session's and the tests' own spans, without phase and fixture spans."""
+    return [span for span in spans if not span.get("parentSpanId")]
+
+
 def attributes(span: dict[str, Any]) -> dict[str, Any]:
     return {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])}
 
@@ -99,7 +104,7 @@ def test_every_test_has_its_own_trace_linked_to_the_session(
 ) -> None:  # type: ignore[no-untyped-def]
     result = run_suite()
     result.assert_outcomes(passed=3, failed=1, skipped=1)
-    spans = read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")
+    spans = roots(read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl"))
     by_name = {span["name"]: span for span in spans}
     session = by_name.pop("pytest session")
     assert len(by_name) == 5
@@ -124,7 +129,7 @@ def test_every_test_has_its_own_trace_linked_to_the_session(
     failed = by_name["test_suite.py::test_fail"]
     assert attributes(failed)["test.case.result.status"] == "fail"
     assert failed["status"]["code"] == 2 and "assert 1 == 2" in failed["status"]["message"]
-    assert failed["events"][0]["name"] == "exception"
+    assert not failed.get("events"), "the exception event is on the call span"
     skipped = attributes(by_name["test_suite.py::test_skip"])
     assert skipped["test.case.result.status"] == "skip"
     assert skipped["pytest.skip_reason"] == "not today"
@@ -194,7 +199,7 @@ def test_session_trace_mode_nests_tests_under_the_session(ptr: pytest.Pytester, 
     run_suite("--taskctl-trace-mode=session")
     spans = read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")
     session = next(span for span in spans if span["name"] == "pytest session")
-    tests = [span for span in spans if span is not session]
+    tests = [span for span in spans if span["name"].startswith("test_suite.py::")]
     assert len(tests) == 5
     for span in tests:
         assert span["traceId"] == session["traceId"]
@@ -329,7 +334,8 @@ def test_otlp_grpc_export_matches_the_file(
         for s in read_spans(ptr.path / "logs" / "tel-1" / "traces.jsonl")
     }
     received = {(s.trace_id.hex(), s.span_id.hex(), s.name) for s in receiver.spans()}
-    assert received == file_spans and len(received) == 6
+    assert received == file_spans
+    assert len({name for *_, name in received if name.startswith(("test_", "pytest"))}) == 6
     wait_for(
         lambda: any(r.body.string_value.startswith("in test_fail") for r in receiver.log_records())
     )
@@ -387,7 +393,8 @@ def test_otlp_http_protobuf_export(
         for ss in rs.scope_spans
         for span in ss.spans
     }
-    assert "pytest session" in names and "test_suite.py::test_fail" in names and len(names) == 6
+    assert "pytest session" in names and "test_suite.py::test_fail" in names
+    assert {"setup", "call", "teardown"} <= names
 
 
 def test_bad_otlp_protocol_is_a_usage_error(
@@ -450,7 +457,7 @@ def test_collector_that_never_answers_costs_at_most_about_2_s(
     )
     # 2 s budget, plus slack for exporter imports and a loaded machine; a hang is 10 s+.
     assert silent - baseline < 5.0, f"{silent:.1f} s with a silent collector vs {baseline:.1f} s"
-    spans = read_spans(tmp_path / "logs" / "silent-1" / "traces.jsonl")
+    spans = roots(read_spans(tmp_path / "logs" / "silent-1" / "traces.jsonl"))
     assert len(spans) == 3, "the file gets every span whatever the collector does"
 
 
@@ -469,5 +476,5 @@ def test_unreachable_collector_never_hangs_the_run(
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     assert elapsed < 20, f"run took {elapsed:.1f} s with the collector down"
-    spans = read_spans(tmp_path / "logs" / "down-1" / "traces.jsonl")
+    spans = roots(read_spans(tmp_path / "logs" / "down-1" / "traces.jsonl"))
     assert len(spans) == 3

@@ -24,6 +24,16 @@ TRACE_MODE_HELP = (
     "'test' (default): every test is its own trace, linked to the session span; "
     "'session': tests are children of the session span"
 )
+SPAN_DETAIL_HELP = (
+    "what a test's trace shows under its root span: 'test' (that span alone), 'phases' "
+    "(setup, call and teardown spans) or 'fixtures' (default: phases, plus one span per "
+    "fixture set up)"
+)
+SPAN_DETAILS = ("test", "phases", "fixtures")
+HTTP_HELP = (
+    "trace HTTP calls that tests make with requests, httpx and urllib3 as client spans "
+    "carrying traceparent and X-Trace-Id (env PYTEST_TASKCTL_HTTP=1; default off)"
+)
 RESUME_HELP = (
     "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
     "run the failed, errored and never-run ones"
@@ -77,6 +87,8 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("taskctl_log_dir", LOG_DIR_HELP)
     parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
     parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
+    parser.addini("taskctl_span_detail", SPAN_DETAIL_HELP)
+    parser.addini("taskctl_http", HTTP_HELP, type="bool", default=False)
     parser.addini("group-unit", GROUP_UNIT_HELP)
 
 
@@ -84,6 +96,8 @@ def _add_output_options(group: Any) -> None:
     group.addoption("--taskctl-log-dir", metavar="DIR", help=LOG_DIR_HELP)
     group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
     group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
+    group.addoption("--taskctl-span-detail", metavar="DETAIL", help=SPAN_DETAIL_HELP)
+    group.addoption("--taskctl-http", action="store_true", default=None, help=HTTP_HELP)
 
 
 def _add_etcd_options(group: Any) -> None:

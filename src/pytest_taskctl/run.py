@@ -77,6 +77,10 @@ class TaskRun:
         #: Shows a line on the terminal (set by the plugin); pauses are announced there.
         self.notify: Callable[[str], None] = lambda text: None
 
+    def otel_tracer(self) -> Any:
+        """The run's OpenTelemetry tracer once the session started (None before, or disabled)."""
+        return None if self.tracer is None else self.tracer.otel_tracer
+
     @property
     def interrupted(self) -> bool:
         return self.keyboard_interrupt or bool(self.signals.received)
@@ -89,6 +93,7 @@ class TaskRun:
             settings.run_id,
             settings.run_dir / "traces.jsonl",
             per_test_traces=settings.trace_mode == "test",
+            failures_on_root=settings.span_detail == "test",
             export=settings.export,
         )
         traceid.activate(self.tracer)

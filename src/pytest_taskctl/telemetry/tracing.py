@@ -24,6 +24,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from ..outcome import TestOutcome
 from ..status import SUITE_STATUS
+from .events import record_failure
 from .export import EXPORT_DEADLINE, ExportConfig, run_bounded
 from .traceid import ID_GENERATOR, random_span_context
 
@@ -52,11 +53,14 @@ class RunTracer:
         traces_path: Path | None,
         *,
         per_test_traces: bool = True,
+        failures_on_root: bool = False,
         export: ExportConfig,
         extra_processors: tuple[Any, ...] = (),
     ) -> None:
         self.run_id = run_id
         self.per_test_traces = per_test_traces
+        #: ``--taskctl-span-detail test``: no phase spans, exceptions go on the test's span.
+        self.failures_on_root = failures_on_root
         self.export = export
         self.export_description = export.describe()
         self.traces_path = None if self.export.sdk_disabled else traces_path
@@ -96,6 +100,11 @@ class RunTracer:
             provider.add_span_processor(processor)
         self._provider = provider
         return provider.get_tracer("pytest_taskctl")
+
+    @property
+    def otel_tracer(self) -> trace.Tracer | None:
+        """The tracer of our own provider (None with the SDK disabled)."""
+        return self._tracer
 
     # -- session ----------------------------------------------------------------
 
@@ -173,13 +182,15 @@ class RunTracer:
                 span.set_status(
                     Status(StatusCode.ERROR, f"{outcome.when}: {outcome.message}"[:500])
                 )
-                span.add_event(
-                    "exception",
-                    {"exception.message": outcome.message, "pytest.phase": outcome.when},
-                )
             elif outcome.word in ("skipped", "xfailed") and outcome.message:
                 span.set_attribute("pytest.skip_reason", outcome.message[:500])
         span.end()
+
+    def phase_failed(self, span: trace.Span, exc: BaseException) -> None:
+        """A phase raised: its ``exception`` event goes on the test's span when there are
+        no phase spans to carry it (:mod:`.detail` records it there otherwise)."""
+        if self.failures_on_root:
+            record_failure(span, exc)
 
     def fallback_span_context(self) -> SpanContext:
         """For code outside a test's context (e.g. a thread a test started).
