@@ -17,7 +17,7 @@ from .config import WORKER_RUN_ID, RunSettings
 from .control import CANCEL_REASON
 from .outcome import TestOutcome
 from .run import TaskRun, argv_of
-from .telemetry import detail as span_detail
+from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
 from .terminal import header_lines, summary_lines, terminal_line
 
@@ -53,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
     _register_features(config, run)
-    span_detail.register(config.pluginmanager, settings.span_detail, run.otel_tracer)
+    telemetry_plugins.register(config.pluginmanager, settings, run)
 
 
 def _register_features(config: pytest.Config, run: TaskRun) -> None:

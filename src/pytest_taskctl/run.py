@@ -81,6 +81,10 @@ class TaskRun:
         """The run's OpenTelemetry tracer once the session started (None before, or disabled)."""
         return None if self.tracer is None else self.tracer.otel_tracer
 
+    def tracer_provider(self) -> Any:
+        """The run's own TracerProvider once the session started (None before, or disabled)."""
+        return None if self.tracer is None else self.tracer.tracer_provider
+
     @property
     def interrupted(self) -> bool:
         return self.keyboard_interrupt or bool(self.signals.received)

@@ -124,13 +124,3 @@ class FixtureSpans:
         finally:
             otel_context.detach(token)
             span.end()
-
-
-def register(
-    pluginmanager: pytest.PytestPluginManager, detail: str, tracer_of: TracerSource
-) -> None:
-    """Register what ``--taskctl-span-detail`` asks for (nothing for ``test``)."""
-    if detail in ("phases", "fixtures"):
-        pluginmanager.register(PhaseSpans(tracer_of), "taskctl-phase-spans")
-    if detail == "fixtures":
-        pluginmanager.register(FixtureSpans(tracer_of), "taskctl-fixture-spans")

@@ -106,6 +106,11 @@ class RunTracer:
         """The tracer of our own provider (None with the SDK disabled)."""
         return self._tracer
 
+    @property
+    def tracer_provider(self) -> Any:
+        """Our own TracerProvider (None with the SDK disabled); never the global one."""
+        return self._provider
+
     # -- session ----------------------------------------------------------------
 
     def start_session(self, attributes: Mapping[str, Any]) -> None:
