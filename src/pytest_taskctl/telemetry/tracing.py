@@ -4,8 +4,9 @@ We build our own ``TracerProvider`` (the global one belongs to the user),
 configured from the standard ``OTEL_*`` variables (:mod:`.export`). Spans
 always go to ``logs/<run_id>/traces.jsonl`` (OTLP/JSON, replayable by the
 Collector's ``otlpjsonfile`` receiver) and, when an endpoint is configured,
-over OTLP. The file is written at least every half second, so a run killed
-with SIGKILL loses at most the last half second of spans.
+over OTLP, both through one :class:`~.pipeline.SpanPipeline` that encodes
+each span once. The file is written at least every half second, so a run
+killed with SIGKILL loses at most the last half second of spans.
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ..outcome import TestOutcome
 from ..status import SUITE_STATUS
 from .events import record_failure
-from .export import EXPORT_DEADLINE, ExportConfig, run_bounded
+from .export import EXPORT_DEADLINE, ExportConfig
 from .traceid import ID_GENERATOR, random_span_context
 
 #: Threads of our own: code on them belongs to the session, not to a test.
-PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")
-#: How often spans are written to traces.jsonl (ms): the most a SIGKILL can lose.
-FILE_SCHEDULE_DELAY_MS = 500
+PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")  # OtelBatch: the OTel logs processor
 
 
 def make_resource() -> Any:
@@ -64,8 +63,7 @@ class RunTracer:
         self.export = export
         self.export_description = export.describe()
         self.traces_path = None if self.export.sdk_disabled else traces_path
-        self._processors: list[Any] = []
-        self._otlp_processors: list[Any] = []
+        self._pipeline: Any = None
         self._provider: Any = None
         self._running: dict[int, trace.Span] = {}
         self.session_span: trace.Span = NonRecordingSpan(random_span_context())
@@ -79,24 +77,17 @@ class RunTracer:
 
     def _make_tracer(self, extra_processors: tuple[Any, ...]) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from .pipeline import OtlpSender, SpanPipeline
 
         provider = TracerProvider(
             resource=make_resource(), shutdown_on_exit=False, id_generator=ID_GENERATOR
         )
-        if self.traces_path is not None:
-            from opentelemetry.exporter.otlp.json.file import FileSpanExporter
-
-            self.traces_path.parent.mkdir(parents=True, exist_ok=True)
-            self._processors.append(
-                BatchSpanProcessor(
-                    FileSpanExporter(self.traces_path),
-                    schedule_delay_millis=FILE_SCHEDULE_DELAY_MS,
-                )
-            )
+        sender = None
         if self.export.otlp_traces:
-            self._otlp_processors.append(BatchSpanProcessor(self.export.traces.make_exporter()))
-        for processor in (*self._processors, *self._otlp_processors, *extra_processors):
+            sender = OtlpSender(self.export.traces.make_encoded_span_exporter)
+        self._pipeline = SpanPipeline(self.traces_path, sender)
+        for processor in (self._pipeline, *extra_processors):
             provider.add_span_processor(processor)
         self._provider = provider
         return provider.get_tracer("pytest_taskctl")
@@ -214,13 +205,7 @@ class RunTracer:
     def shutdown(self, deadline: float = EXPORT_DEADLINE) -> bool:
         """Flush the file, then give OTLP what is left of ``deadline``; never block longer."""
         start = time.monotonic()
-        for processor in self._processors:
-            processor.shutdown()  # local file: fast and must be complete
-        if not self._otlp_processors:
+        if self._pipeline is None:
             return True
-
-        def shutdown_otlp() -> None:
-            for processor in self._otlp_processors:
-                processor.shutdown()
-
-        return run_bounded(shutdown_otlp, deadline - (time.monotonic() - start), "span-export")
+        self._pipeline.shutdown()  # local file: fast and must be complete
+        return bool(self._pipeline.close_sender(deadline - (time.monotonic() - start)))
