@@ -347,6 +347,9 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
     run = SimpleNamespace(
         settings=settings,
         is_worker=False,
+        
+        
+        
         control=SimpleNamespace(meta={}, update_meta=lambda **fields: None),
     )
     plugin = ResumePlugin(SimpleNamespace(option=SimpleNamespace(taskctl_resume=False)), run)  # type: ignore[arg-type]
