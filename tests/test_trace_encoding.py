@@ -137,3 +137,56 @@ def test_spans_of_finished_tests_are_in_the_file_while_the_run_goes_on(
 ) -> None:
     ptr.makepyfile(test_live=LIVE_FILE_SUITE)
     ptr.runpytest("--run-id", "live-1").assert_outcomes(passed=2)
+
+
+def test_light_spans_encode_as_the_sdk_would(tmp_path: Path) -> None:
+    """The plugin's own spans (not SDK spans) give the same protobuf and JSON shape."""
+    from pytest_taskctl.telemetry.spans import LightTracer
+    from pytest_taskctl.telemetry.traceid import ID_GENERATOR
+
+    finished: list[Any] = []
+    provider = TracerProvider(resource=Resource({"service.name": "pytest"}))
+    light = LightTracer(provider, ID_GENERATOR, finished.append)
+    root = light.start_root("tests/test_x.py::test_a", {"test.case.name": "a", "n": 2})
+    call = light.start_child("call", root.get_span_context())
+    call.add_event("log", {"log.message": "hello"}, timestamp=123)
+    call.record_exception(ValueError("bad value"))
+    call.set_status(StatusCode.ERROR, "ValueError: bad value")
+    call.end()
+    root.end()
+    line, payload = encode_request(finished)
+    request = ExportTraceServiceRequest.FromString(payload)
+    pb_spans = request.resource_spans[0].scope_spans[0].spans
+    js_spans = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert [s.name for s in pb_spans] == [s["name"] for s in js_spans] == ["call", root.name]
+    pb_call, pb_root = pb_spans
+    assert pb_call.parent_span_id == pb_root.span_id and pb_call.trace_id == pb_root.trace_id
+    assert js_spans[0]["parentSpanId"] == pb_root.span_id.hex()
+    assert pb_call.status.code == 2 and pb_call.status.message == "ValueError: bad value"
+    assert [e.name for e in pb_call.events] == ["log", "exception"]
+    assert pb_call.events[0].time_unix_nano == 123
+    exception = {a.key: a.value.string_value for a in pb_call.events[1].attributes}
+    assert exception["exception.type"] == "ValueError"
+    assert exception["exception.message"] == "bad value"
+    assert {a.key: a.value.int_value for a in pb_root.attributes if a.key == "n"} == {"n": 2}
+    assert pb_root.kind == 1 and pb_root.flags == HAS_IS_REMOTE_FLAG
+    assert request.resource_spans[0].scope_spans[0].scope.name == "pytest_taskctl"
+
+
+HAS_IS_REMOTE_FLAG = 0x100
+
+
+def test_sampler_off_records_no_light_spans() -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from pytest_taskctl.telemetry.spans import LightTracer
+    from pytest_taskctl.telemetry.traceid import ID_GENERATOR
+
+    finished: list[Any] = []
+    light = LightTracer(TracerProvider(sampler=ALWAYS_OFF), ID_GENERATOR, finished.append)
+    root = light.start_root("t", {})
+    child = light.start_child("call", root.get_span_context())
+    root.end()
+    child.end()
+    assert not root.is_recording() and not child.is_recording() and finished == []
+    assert root.get_span_context().is_valid, "ids exist all the same (get_traceid)"

@@ -158,7 +158,7 @@ def pytest_runtest_makereport(
     outcome = run.record_report(report)
     span_token = item.stash.get(SPAN_KEY, None)
     if report.failed and call.excinfo is not None and span_token is not None and run.tracer:
-        run.tracer.phase_failed(span_token[0], call.excinfo.value)  # type: ignore[arg-type]
+        run.tracer.phase_failed(span_token[0], call.excinfo.value, call.stop)  # type: ignore[arg-type]
     if outcome is not None and span_token is not None and run.tracer is not None:
         del item.stash[SPAN_KEY]
         run.runlog.line(

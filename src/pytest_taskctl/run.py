@@ -77,9 +77,9 @@ class TaskRun:
         #: Shows a line on the terminal (set by the plugin); pauses are announced there.
         self.notify: Callable[[str], None] = lambda text: None
 
-    def otel_tracer(self) -> Any:
-        """The run's OpenTelemetry tracer once the session started (None before, or disabled)."""
-        return None if self.tracer is None else self.tracer.otel_tracer
+    def span_source(self) -> Any:
+        """``child_span(name, attributes)`` of the run's tracer once the session started."""
+        return None if self.tracer is None else self.tracer.child_span
 
     def tracer_provider(self) -> Any:
         """The run's own TracerProvider once the session started (None before, or disabled)."""

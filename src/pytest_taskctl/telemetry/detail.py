@@ -30,21 +30,22 @@ from .events import is_failure, record_failure
 #: The running phase's span and the time (ns) its phase returned, until its report.
 PHASE_KEY = pytest.StashKey[tuple[trace.Span, int]]()
 
-TracerSource = Callable[[], "trace.Tracer | None"]
+#: The run's ``child_span(name, attributes)`` once the session started, else None.
+SpanSource = Callable[[], "Callable[[str, dict[str, Any] | None], trace.Span] | None"]
 
 
 class PhaseSpans:
     """``setup``, ``call`` and ``teardown`` spans under each test's span."""
 
-    def __init__(self, tracer_of: TracerSource) -> None:
+    def __init__(self, spans_of: SpanSource) -> None:
         #: Asked once per phase: the run's tracer exists only from session start.
-        self._tracer_of = tracer_of
+        self._spans_of = spans_of
 
     def _phase(self, item: pytest.Item, name: str) -> Generator[None, object, object]:
-        tracer = self._tracer_of()
-        if tracer is None:
+        child_span = self._spans_of()
+        if child_span is None:
             return (yield)
-        span = tracer.start_span(name)  # parent: the test's span, current here
+        span = child_span(name, None)  # parent: the test's span, current here
         token = otel_context.attach(trace.set_span_in_context(span))
         reported = True
         try:
@@ -83,7 +84,7 @@ class PhaseSpans:
             del item.stash[PHASE_KEY]
             span, end_time = pending
             if report.failed and call.excinfo is not None:
-                record_failure(span, call.excinfo.value)
+                record_failure(span, call.excinfo.value, end_time)
             span.end(end_time=end_time)
         return report
 
@@ -97,22 +98,19 @@ class FixtureSpans:
     for it.
     """
 
-    def __init__(self, tracer_of: TracerSource) -> None:
-        self._tracer_of = tracer_of
+    def __init__(self, spans_of: SpanSource) -> None:
+        self._spans_of = spans_of
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, object, object]:
-        tracer = self._tracer_of()
-        if tracer is None:
+        child_span = self._spans_of()
+        if child_span is None:
             return (yield)
-        span = tracer.start_span(
+        span = child_span(
             f"fixture {fixturedef.argname}",
-            attributes={
-                "pytest.fixture.name": fixturedef.argname,
-                "pytest.fixture.scope": fixturedef.scope,
-            },
+            {"pytest.fixture.name": fixturedef.argname, "pytest.fixture.scope": fixturedef.scope},
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         try:

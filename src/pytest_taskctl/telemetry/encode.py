@@ -108,7 +108,11 @@ def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[list[
 
 
 def encode_span(span: ReadableSpan) -> tuple[dict[str, Any], bytes]:
-    """One span as OTLP ``Span``: (JSON object, protobuf bytes)."""
+    """One span as OTLP ``Span``: (JSON object, protobuf bytes).
+
+    ``span`` is an SDK ``ReadableSpan`` or a :class:`~.spans.LightSpan`: only
+    the attributes both have are read.
+    """
     context = span.get_span_context()
     assert context is not None
     trace_id = context.trace_id.to_bytes(16, "big")
@@ -190,14 +194,15 @@ def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
 
     Spans are grouped by resource, then by instrumentation scope, as the SDK does.
     """
-    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[tuple[dict[str, Any], bytes]]]]]] = {}
+    groups: dict[int, tuple[Any, dict[Any, tuple[Any, list[tuple[dict[str, Any], bytes]]]]]] = {}
     for span in spans:
-        resource_key = id(span.resource)
+        resource_key = id(span.resource)  # one provider: one resource object
         if resource_key not in groups:
             groups[resource_key] = (span.resource, {})
         scopes = groups[resource_key][1]
         scope = span.instrumentation_scope
-        scope_key = id(scope)
+        # By value: the plugin's light spans and its SDK spans share a scope name.
+        scope_key = None if scope is None else (scope.name, scope.version, scope.schema_url)
         if scope_key not in scopes:
             scopes[scope_key] = (scope, [])
         scopes[scope_key][1].append(encode_span(span))

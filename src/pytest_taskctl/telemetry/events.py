@@ -61,12 +61,15 @@ def exception_attributes(exc: BaseException) -> dict[str, str]:
     }
 
 
-def record_failure(span: trace.Span, exc: BaseException) -> None:
-    """An ``exception`` event on ``span`` and status ERROR, the OpenTelemetry way."""
+def record_failure(span: trace.Span, exc: BaseException, timestamp: int | None = None) -> None:
+    """An ``exception`` event on ``span`` and status ERROR, the OpenTelemetry way.
+
+    ``timestamp`` (ns): when the phase raised, if the report came later.
+    """
     if not span.is_recording():
         return
     attributes = exception_attributes(exc)
-    span.add_event("exception", attributes)
+    span.add_event("exception", attributes, timestamp=timestamp)
     description = f"{attributes['exception.type']}: {attributes['exception.message']}"
     span.set_status(Status(StatusCode.ERROR, description[:STATUS_DESCRIPTION_LIMIT]))
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class Telemetry(Protocol):
     """What the telemetry plugins need from the run (the run's tracer, once it exists)."""
 
-    def otel_tracer(self) -> Any: ...
+    def span_source(self) -> Any: ...
 
     def tracer_provider(self) -> Any: ...
 
@@ -30,9 +30,9 @@ def register(
 ) -> None:
     """Register what ``--taskctl-span-detail`` and ``--taskctl-http`` ask for."""
     if settings.span_detail in ("phases", "fixtures"):
-        pluginmanager.register(PhaseSpans(run.otel_tracer), "taskctl-phase-spans")
+        pluginmanager.register(PhaseSpans(run.span_source), "taskctl-phase-spans")
     if settings.span_detail == "fixtures":
-        pluginmanager.register(FixtureSpans(run.otel_tracer), "taskctl-fixture-spans")
+        pluginmanager.register(FixtureSpans(run.span_source), "taskctl-fixture-spans")
     if settings.http:
         from .http import HttpPlugin
 

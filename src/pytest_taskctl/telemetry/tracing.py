@@ -27,6 +27,7 @@ from ..outcome import TestOutcome
 from ..status import SUITE_STATUS
 from .events import record_failure
 from .export import EXPORT_DEADLINE, ExportConfig
+from .spans import LightTracer
 from .traceid import ID_GENERATOR, random_span_context
 
 #: Threads of our own: code on them belongs to the session, not to a test.
@@ -64,6 +65,7 @@ class RunTracer:
         self.export_description = export.describe()
         self.traces_path = None if self.export.sdk_disabled else traces_path
         self._pipeline: Any = None
+        self._light: LightTracer | None = None
         self._provider: Any = None
         self._running: dict[int, trace.Span] = {}
         self.session_span: trace.Span = NonRecordingSpan(random_span_context())
@@ -90,6 +92,14 @@ class RunTracer:
         for processor in (self._pipeline, *extra_processors):
             provider.add_span_processor(processor)
         self._provider = provider
+        sink = self._pipeline.on_end
+        if extra_processors:  # tests: every span, light or not, to their processors too
+
+            def sink(span: Any) -> None:
+                for processor in (self._pipeline, *extra_processors):
+                    processor.on_end(span)
+
+        self._light = LightTracer(provider, ID_GENERATOR, sink)
         return provider.get_tracer("pytest_taskctl")
 
     @property
@@ -144,24 +154,13 @@ class RunTracer:
     def start_test(self, nodeid: str, attributes: Mapping[str, Any]) -> tuple[trace.Span, object]:
         """Start a test's span and make it current; returns ``(span, token)``."""
         session = self.session_context
-        if self._tracer is None:
+        if self._light is None:
             trace_id = session.trace_id if not self.per_test_traces else None
             span: trace.Span = NonRecordingSpan(random_span_context(trace_id))
         elif self.per_test_traces:
-            span = self._tracer.start_span(
-                nodeid,
-                context=otel_context.Context(),
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                links=self._session_links,
-            )
+            span = self._light.start_root(nodeid, dict(attributes), self._session_links)
         else:
-            span = self._tracer.start_span(
-                nodeid,
-                context=trace.set_span_in_context(self.session_span),
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-            )
+            span = self._light.start_child(nodeid, session, dict(attributes))
         token = otel_context.attach(trace.set_span_in_context(span))
         self._running[threading.get_ident()] = span  # one dict op: atomic under the GIL
         return span, token
@@ -182,11 +181,18 @@ class RunTracer:
                 span.set_attribute("pytest.skip_reason", outcome.message[:500])
         span.end()
 
-    def phase_failed(self, span: trace.Span, exc: BaseException) -> None:
-        """A phase raised: its ``exception`` event goes on the test's span when there are
-        no phase spans to carry it (:mod:`.detail` records it there otherwise)."""
+    def child_span(self, name: str, attributes: dict[str, Any] | None = None) -> trace.Span:
+        """A span of ours (phase, fixture) under the current one, not yet current itself."""
+        parent = trace.get_current_span().get_span_context()
+        if self._light is None or not parent.is_valid:
+            return NonRecordingSpan(parent)
+        return self._light.start_child(name, parent, attributes)
+
+    def phase_failed(self, span: trace.Span, exc: BaseException, when: float) -> None:
+        """A phase raised (at ``when``, epoch s): its ``exception`` event goes on the test's
+        span when there are no phase spans to carry it (:mod:`.detail` does it otherwise)."""
         if self.failures_on_root:
-            record_failure(span, exc)
+            record_failure(span, exc, int(when * 1e9))
 
     def fallback_span_context(self) -> SpanContext:
         """For code outside a test's context (e.g. a thread a test started).
