@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from .encode import encode_request
+
+log = logging.getLogger("pytest_taskctl.plugin")
 
 #: How often spans are written to traces.jsonl (s): the most a SIGKILL can lose.
 FILE_SCHEDULE = 0.5
@@ -155,4 +158,10 @@ class SpanPipeline(SpanProcessor):
         started = time.monotonic()
         if self._sender is None:
             return True
-        return self._sender.close(deadline - (time.monotonic() - started))
+        finished = self._sender.close(deadline - (time.monotonic() - started))
+        if self._sender.dropped:
+            log.warning(
+                "OTLP: %d spans dropped while the collector was slow (traces.jsonl has them)",
+                self._sender.dropped,
+            )
+        return finished

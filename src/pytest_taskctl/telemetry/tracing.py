@@ -103,11 +103,6 @@ class RunTracer:
         return provider.get_tracer("pytest_taskctl")
 
     @property
-    def otel_tracer(self) -> trace.Tracer | None:
-        """The tracer of our own provider (None with the SDK disabled)."""
-        return self._tracer
-
-    @property
     def tracer_provider(self) -> Any:
         """Our own TracerProvider (None with the SDK disabled); never the global one."""
         return self._provider
