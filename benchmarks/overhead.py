@@ -173,6 +173,11 @@ def run_once(
 # -- peers -----------------------------------------------------------------------
 
 
+def peer_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without PYTHONPATH: the peers' venv must not see the plugin under test."""
+    return {name: value for name, value in env.items() if name != "PYTHONPATH"}
+
+
 def ensure_peer_venv() -> tuple[str | None, str]:
     """``(python, note)``; ``python`` is None when the peers cannot be installed."""
     python = PEER_VENV / "bin" / "python"
@@ -199,7 +204,7 @@ def ensure_peer_venv() -> tuple[str | None, str]:
             last = (result.stderr.strip().splitlines() or ["?"])[-1]
             return None, f"not available: pip install failed: {last}"
         marker.write_text(" ".join(PEER_PACKAGES) + "\n")
-    probe = subprocess.run(
+    probe = subprocess.run(  # PYTHONPATH may point at the plugin under test: not for peers
         [
             str(python),
             "-c",
@@ -210,7 +215,7 @@ def ensure_peer_venv() -> tuple[str | None, str]:
         ],
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=peer_env(clean_env()),
     )
     if probe.returncode != 0:
         return None, f"not available: {probe.stderr.strip().splitlines()[-1:]}"
@@ -470,6 +475,15 @@ def main() -> int:
                 note="file + OTLP/gRPC to an in-process receiver",
             ),
             Variant(
+                "taskctl + OTLP, detail test",
+                me,
+                [*up, "--taskctl-span-detail", "test"],
+                {**base_env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+                run_id=True,
+                receiver=True,
+                note="as above, one span per test (--taskctl-span-detail test)",
+            ),
+            Variant(
                 "taskctl, collector down",
                 me,
                 up,
@@ -485,7 +499,7 @@ def main() -> int:
                 for name in ("pytest-opentelemetry", "pytest-otel"):
                     variants.append(Variant(name, "", [], {}, unavailable=peer_note))
             else:
-                variants += peer_variants(peer_python, base_env, receiver)
+                variants += peer_variants(peer_python, peer_env(base_env), receiver)
         counter = [0]
         runnable = [v for v in variants if not v.unavailable]
         # Warm-up, not timed: bytecode goes to a temp PYTHONPYCACHEPREFIX, so every
@@ -569,19 +583,28 @@ def main() -> int:
         print(f"### Sanity: the last `taskctl (etcd up)` run ({last.last_run_id})\n")
         sanity: list[list[object]] = [
             ["traces.jsonl lines (export batches)", lines, ""],
-            ["spans in traces.jsonl", spans, f"expected {options.tests + 1} (N tests + session)"],
+            [
+                "spans in traces.jsonl",
+                spans,
+                f"expected {4 * options.tests + 1} or a few more "
+                "(test, setup, call, teardown per test; session; fixtures set up)",
+            ],
             ["`pytest session` spans", sessions, "expected 1"],
             ["pytest.log lines", log_lines, ""],
             ["etcd status key", status, "expected COMPLETED"],
         ]
         for v in variants:
             if v.received is not None:
-                expected = options.tests + 1 if v.name.startswith("taskctl") else None
+                expected = ""
+                if v.name.endswith("detail test"):
+                    expected = f"expected {options.tests + 1} spans"
+                elif v.name.startswith("taskctl"):
+                    expected = f"expected {4 * options.tests + 1} spans or a few more"
                 sanity.append(
                     [
                         f"spans / log records at the receiver, last `{v.name}` run",
                         f"{v.received[0]} / {v.received[1]}",
-                        f"expected {expected} spans" if expected else "",
+                        expected,
                     ]
                 )
         print(markdown_table(["what", "value", "check"], sanity))

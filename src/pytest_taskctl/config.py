@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 
 from .etcd.settings import ETCD_OPTIONS, EtcdSettings, SettingError, resolve_prefix
 from .keys import InvalidRunId, RunKeys, validate_run_id
-from .telemetry.export import ExportConfig, InvalidExportConfig
+from .options import SPAN_DETAILS
+from .telemetry.export import TRUE_WORDS, ExportConfig, InvalidExportConfig
 from .telemetry.logs import parse_level
 
 RUN_ID_ENV = "PYTEST_RUN_ID"
@@ -28,6 +30,8 @@ WORKER_RUN_ID = "taskctl_run_id"
 WORKER_SESSION = "taskctl_session_traceparent"
 TRACE_URL_ENV = "PYTEST_TASKCTL_TRACE_URL"
 TRACE_MODES = ("test", "session")
+HTTP_ENV = "PYTEST_TASKCTL_HTTP"
+FALSE_WORDS = ("0", "false", "no", "off")
 
 #: Options whose value is a secret, whatever program they belong to.
 SECRET_OPTION = re.compile(r"^--?[\w-]*(password|passwd|secret|token|api[-_]?key)[\w-]*$", re.I)
@@ -135,6 +139,10 @@ class RunSettings:
     trace_url: str | None = None
     #: pytest-xdist worker: the controller's session span as a traceparent (tests link to it).
     xdist_session: str | None = None
+    #: ``--taskctl-span-detail``: ``test``, ``phases`` or ``fixtures`` (the default).
+    span_detail: str = "fixtures"
+    #: ``--taskctl-http``: instrument requests, httpx and urllib3 for the session.
+    http: bool = False
 
     @property
     def keys(self) -> RunKeys:
@@ -181,6 +189,14 @@ class RunSettings:
             raise pytest.UsageError(
                 f"invalid taskctl_trace_mode {trace_mode!r}: use 'test' or 'session'"
             )
+        span_detail = (
+            option.taskctl_span_detail or config.getini("taskctl_span_detail") or "fixtures"
+        )
+        if span_detail not in SPAN_DETAILS:
+            raise pytest.UsageError(
+                f"invalid --taskctl-span-detail / taskctl_span_detail {span_detail!r}: "
+                "use 'test', 'phases' or 'fixtures'"
+            )
         log_dir = Path(option.taskctl_log_dir or config.getini("taskctl_log_dir") or "logs")
         if not log_dir.is_absolute():
             log_dir = config.invocation_params.dir / log_dir
@@ -195,4 +211,22 @@ class RunSettings:
             export=export,
             trace_url=_trace_url(config),
             xdist_session=workerinput.get(WORKER_SESSION),
+            span_detail=span_detail,
+            http=_http_wanted(option.taskctl_http, config.getini("taskctl_http"), environ),
         )
+
+
+def _http_wanted(flag: bool | None, ini: bool, environ: Mapping[str, str]) -> bool:
+    """``--taskctl-http``, else ``PYTEST_TASKCTL_HTTP``, else ini ``taskctl_http``."""
+    if flag:
+        return True
+    value = environ.get(HTTP_ENV, "").strip().lower()
+    if value:
+        if value in TRUE_WORDS:
+            return True
+        if value in FALSE_WORDS:
+            return False
+        raise pytest.UsageError(
+            f"invalid {HTTP_ENV}={value!r}: use 1/true/yes/on or 0/false/no/off"
+        )
+    return bool(ini)

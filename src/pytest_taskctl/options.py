@@ -29,6 +29,16 @@ TRACE_URL_HELP = (
     "http://localhost:16686/trace/{trace_id} (env PYTEST_TASKCTL_TRACE_URL): shown for "
     "failed tests in the terminal summary and written to --junitxml as trace_url"
 )
+SPAN_DETAIL_HELP = (
+    "what a test's trace shows under its root span: 'test' (that span alone), 'phases' "
+    "(setup, call and teardown spans) or 'fixtures' (default: phases, plus one span per "
+    "fixture set up)"
+)
+SPAN_DETAILS = ("test", "phases", "fixtures")
+HTTP_HELP = (
+    "trace HTTP calls that tests make with requests, httpx and urllib3 as client spans "
+    "carrying traceparent and X-Trace-Id (env PYTEST_TASKCTL_HTTP=1; default off)"
+)
 RESUME_HELP = (
     "resume run --run-id ID: deselect the tests that passed in its earlier attempts, "
     "run the failed, errored and never-run ones"
@@ -83,6 +93,8 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("taskctl_log_level", LOG_LEVEL_HELP)
     parser.addini("taskctl_trace_mode", TRACE_MODE_HELP)
     parser.addini("taskctl_trace_url", TRACE_URL_HELP)
+    parser.addini("taskctl_span_detail", SPAN_DETAIL_HELP)
+    parser.addini("taskctl_http", HTTP_HELP, type="bool", default=False)
     parser.addini("group-unit", GROUP_UNIT_HELP)
 
 
@@ -91,6 +103,8 @@ def _add_output_options(group: Any) -> None:
     group.addoption("--taskctl-log-level", metavar="LEVEL", help=LOG_LEVEL_HELP)
     group.addoption("--taskctl-trace-mode", choices=("test", "session"), help=TRACE_MODE_HELP)
     group.addoption("--taskctl-trace-url", metavar="TEMPLATE", help=TRACE_URL_HELP)
+    group.addoption("--taskctl-span-detail", metavar="DETAIL", help=SPAN_DETAIL_HELP)
+    group.addoption("--taskctl-http", action="store_true", default=None, help=HTTP_HELP)
 
 
 def _add_etcd_options(group: Any) -> None:

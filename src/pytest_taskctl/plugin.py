@@ -17,6 +17,7 @@ from .config import WORKER_RUN_ID, RunSettings
 from .control import CANCEL_REASON
 from .outcome import TestOutcome
 from .run import TaskRun, argv_of
+from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
 from .terminal import header_lines, summary_lines, terminal_line
 
@@ -55,6 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         config.pluginmanager.register(XdistController(run), "taskctl-xdist")
     _register_features(config, run)
+    telemetry_plugins.register(config.pluginmanager, settings, run)
 
 
 def _register_features(config: pytest.Config, run: TaskRun) -> None:
@@ -163,6 +165,8 @@ def pytest_runtest_makereport(
         return report
     outcome = run.record_report(report)
     span_token = item.stash.get(SPAN_KEY, None)
+    if report.failed and call.excinfo is not None and span_token is not None and run.tracer:
+        run.tracer.phase_failed(span_token[0], call.excinfo.value, call.stop)  # type: ignore[arg-type]
     if outcome is not None and span_token is not None and run.tracer is not None:
         del item.stash[SPAN_KEY]
         run.runlog.line(

@@ -80,6 +80,14 @@ class TaskRun:
         #: Shows a line on the terminal (set by the plugin); pauses are announced there.
         self.notify: Callable[[str], None] = lambda text: None
 
+    def span_source(self) -> Any:
+        """``child_span(name, attributes)`` of the run's tracer once the session started."""
+        return None if self.tracer is None else self.tracer.child_span
+
+    def tracer_provider(self) -> Any:
+        """The run's own TracerProvider once the session started (None before, or disabled)."""
+        return None if self.tracer is None else self.tracer.tracer_provider
+
     @property
     def interrupted(self) -> bool:
         return self.keyboard_interrupt or bool(self.signals.received)
@@ -92,6 +100,7 @@ class TaskRun:
             settings.run_id,
             settings.run_dir / "traces.jsonl",
             per_test_traces=settings.trace_mode == "test",
+            failures_on_root=settings.span_detail == "test",
             export=settings.export,
         )
         traceid.activate(self.tracer)

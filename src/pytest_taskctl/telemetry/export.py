@@ -120,6 +120,43 @@ class SignalExport:
 
         return Compression.Gzip if self.compression == "gzip" else Compression.NoCompression
 
+    def make_encoded_span_exporter(self) -> Any:
+        """The SDK's OTLP span exporter, fed pre-encoded requests (``.payload``, ``.count``).
+
+        Everything but the encoding stays the SDK's: endpoint, headers, TLS,
+        compression, retries. The gRPC exporter's ``_translate_data`` and
+        ``_count_data`` are the hooks its base class gives for the data type.
+        """
+        if self.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceRequest,
+            )
+
+            class EncodedGrpcExporter(GrpcExporter):
+                def _translate_data(self, data: Any) -> Any:
+                    return ExportTraceServiceRequest.FromString(data.payload)
+
+                def _count_data(self, data: Any) -> int:
+                    return int(data.count)
+
+            return EncodedGrpcExporter(timeout=self.timeout, compression=self._compression())
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpExporter,
+        )
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        class EncodedHttpExporter(HttpExporter):
+            def export(self, data: Any) -> SpanExportResult:
+                if self._shutdown:
+                    return SpanExportResult.FAILURE
+                result = self._client.export(data.payload)
+                return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+        return EncodedHttpExporter(timeout=self.timeout, compression=self._compression_http())
+
     def make_exporter(self) -> Any:
         """The OTLP exporter of this signal, every setting passed explicitly."""
         if self.protocol == "grpc":

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .events import SpanEventHandler
 from .export import EXPORT_DEADLINE, ExportConfig, run_bounded
 from .traceid import get_traceid
 
@@ -159,6 +160,9 @@ class RunLog:
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
         self._handlers.append(file_handler)
         self._file = file_handler
+        if self._export is not None and not self._export.sdk_disabled:
+            events = SpanEventHandler(self.handler_level)  # the file's records, as span events
+            self._handlers.append(events)
         if self._export is not None and self._export.otlp_logs:
             self._handlers.append(self._otel_handler(self._export, resource))
         own = logging.getLogger(OWN_LOGGERS)

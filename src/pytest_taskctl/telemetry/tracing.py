@@ -4,8 +4,9 @@ We build our own ``TracerProvider`` (the global one belongs to the user),
 configured from the standard ``OTEL_*`` variables (:mod:`.export`). Spans
 always go to ``logs/<run_id>/traces.jsonl`` (OTLP/JSON, replayable by the
 Collector's ``otlpjsonfile`` receiver) and, when an endpoint is configured,
-over OTLP. The file is written at least every half second, so a run killed
-with SIGKILL loses at most the last half second of spans.
+over OTLP, both through one :class:`~.pipeline.SpanPipeline` that encodes
+each span once. The file is written at least every half second, so a run
+killed with SIGKILL loses at most the last half second of spans.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from ..outcome import TestOutcome
 from ..status import SUITE_STATUS
-from .export import EXPORT_DEADLINE, ExportConfig, run_bounded
+from .events import record_failure
+from .export import EXPORT_DEADLINE, ExportConfig
+from .spans import LightTracer
 from .traceid import ID_GENERATOR, random_span_context
 
 #: Threads of our own: code on them belongs to the session, not to a test.
-PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")
-#: How often spans are written to traces.jsonl (ms): the most a SIGKILL can lose.
-FILE_SCHEDULE_DELAY_MS = 500
+PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")  # OtelBatch: the OTel logs processor
 
 
 def make_resource() -> Any:
@@ -52,16 +53,19 @@ class RunTracer:
         traces_path: Path | None,
         *,
         per_test_traces: bool = True,
+        failures_on_root: bool = False,
         export: ExportConfig,
         extra_processors: tuple[Any, ...] = (),
     ) -> None:
         self.run_id = run_id
         self.per_test_traces = per_test_traces
+        #: ``--taskctl-span-detail test``: no phase spans, exceptions go on the test's span.
+        self.failures_on_root = failures_on_root
         self.export = export
         self.export_description = export.describe()
         self.traces_path = None if self.export.sdk_disabled else traces_path
-        self._processors: list[Any] = []
-        self._otlp_processors: list[Any] = []
+        self._pipeline: Any = None
+        self._light: LightTracer | None = None
         self._provider: Any = None
         self._running: dict[int, trace.Span] = {}
         self.session_span: trace.Span = NonRecordingSpan(random_span_context())
@@ -75,27 +79,33 @@ class RunTracer:
 
     def _make_tracer(self, extra_processors: tuple[Any, ...]) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from .pipeline import OtlpSender, SpanPipeline
 
         provider = TracerProvider(
             resource=make_resource(), shutdown_on_exit=False, id_generator=ID_GENERATOR
         )
-        if self.traces_path is not None:
-            from opentelemetry.exporter.otlp.json.file import FileSpanExporter
-
-            self.traces_path.parent.mkdir(parents=True, exist_ok=True)
-            self._processors.append(
-                BatchSpanProcessor(
-                    FileSpanExporter(self.traces_path),
-                    schedule_delay_millis=FILE_SCHEDULE_DELAY_MS,
-                )
-            )
+        sender = None
         if self.export.otlp_traces:
-            self._otlp_processors.append(BatchSpanProcessor(self.export.traces.make_exporter()))
-        for processor in (*self._processors, *self._otlp_processors, *extra_processors):
+            sender = OtlpSender(self.export.traces.make_encoded_span_exporter)
+        self._pipeline = SpanPipeline(self.traces_path, sender)
+        for processor in (self._pipeline, *extra_processors):
             provider.add_span_processor(processor)
         self._provider = provider
+        sink = self._pipeline.on_end
+        if extra_processors:  # tests: every span, light or not, to their processors too
+
+            def sink(span: Any) -> None:
+                for processor in (self._pipeline, *extra_processors):
+                    processor.on_end(span)
+
+        self._light = LightTracer(provider, ID_GENERATOR, sink)
         return provider.get_tracer("pytest_taskctl")
+
+    @property
+    def tracer_provider(self) -> Any:
+        """Our own TracerProvider (None with the SDK disabled); never the global one."""
+        return self._provider
 
     # -- session ----------------------------------------------------------------
 
@@ -150,24 +160,13 @@ class RunTracer:
     def start_test(self, nodeid: str, attributes: Mapping[str, Any]) -> tuple[trace.Span, object]:
         """Start a test's span and make it current; returns ``(span, token)``."""
         session = self.session_context
-        if self._tracer is None:
+        if self._light is None:
             trace_id = session.trace_id if not self.per_test_traces else None
             span: trace.Span = NonRecordingSpan(random_span_context(trace_id))
         elif self.per_test_traces:
-            span = self._tracer.start_span(
-                nodeid,
-                context=otel_context.Context(),
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                links=self._session_links,
-            )
+            span = self._light.start_root(nodeid, dict(attributes), self._session_links)
         else:
-            span = self._tracer.start_span(
-                nodeid,
-                context=trace.set_span_in_context(self.session_span),
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-            )
+            span = self._light.start_child(nodeid, session, dict(attributes))
         token = otel_context.attach(trace.set_span_in_context(span))
         self._running[threading.get_ident()] = span  # one dict op: atomic under the GIL
         return span, token
@@ -184,13 +183,22 @@ class RunTracer:
                 span.set_status(
                     Status(StatusCode.ERROR, f"{outcome.when}: {outcome.message}"[:500])
                 )
-                span.add_event(
-                    "exception",
-                    {"exception.message": outcome.message, "pytest.phase": outcome.when},
-                )
             elif outcome.word in ("skipped", "xfailed") and outcome.message:
                 span.set_attribute("pytest.skip_reason", outcome.message[:500])
         span.end()
+
+    def child_span(self, name: str, attributes: dict[str, Any] | None = None) -> trace.Span:
+        """A span of ours (phase, fixture) under the current one, not yet current itself."""
+        parent = trace.get_current_span().get_span_context()
+        if self._light is None or not parent.is_valid:
+            return NonRecordingSpan(parent)
+        return self._light.start_child(name, parent, attributes)
+
+    def phase_failed(self, span: trace.Span, exc: BaseException, when: float) -> None:
+        """A phase raised (at ``when``, epoch s): its ``exception`` event goes on the test's
+        span when there are no phase spans to carry it (:mod:`.detail` does it otherwise)."""
+        if self.failures_on_root:
+            record_failure(span, exc, int(when * 1e9))
 
     def fallback_span_context(self) -> SpanContext:
         """For code outside a test's context (e.g. a thread a test started).
@@ -209,13 +217,7 @@ class RunTracer:
     def shutdown(self, deadline: float = EXPORT_DEADLINE) -> bool:
         """Flush the file, then give OTLP what is left of ``deadline``; never block longer."""
         start = time.monotonic()
-        for processor in self._processors:
-            processor.shutdown()  # local file: fast and must be complete
-        if not self._otlp_processors:
+        if self._pipeline is None:
             return True
-
-        def shutdown_otlp() -> None:
-            for processor in self._otlp_processors:
-                processor.shutdown()
-
-        return run_bounded(shutdown_otlp, deadline - (time.monotonic() - start), "span-export")
+        self._pipeline.shutdown()  # local file: fast and must be complete
+        return bool(self._pipeline.close_sender(deadline - (time.monotonic() - start)))

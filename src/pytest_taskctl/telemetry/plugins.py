@@ -1,0 +1,41 @@
+"""The telemetry features a run asks for, registered as plugin objects of their own.
+
+``plugin.py`` calls :func:`register` once; with the default settings only the
+phase and fixture spans are added, and the HTTP instrumentation module is not
+even imported unless ``--taskctl-http`` asks for it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pytest
+
+from .detail import FixtureSpans, PhaseSpans
+
+if TYPE_CHECKING:
+    from ..config import RunSettings
+
+
+class Telemetry(Protocol):
+    """What the telemetry plugins need from the run (the run's tracer, once it exists)."""
+
+    def span_source(self) -> Any: ...
+
+    def tracer_provider(self) -> Any: ...
+
+
+def register(
+    pluginmanager: pytest.PytestPluginManager, settings: RunSettings, run: Telemetry
+) -> None:
+    """Register what ``--taskctl-span-detail`` and ``--taskctl-http`` ask for."""
+    if settings.span_detail in ("phases", "fixtures"):
+        pluginmanager.register(PhaseSpans(run.span_source), "taskctl-phase-spans")
+    if settings.span_detail == "fixtures":
+        pluginmanager.register(FixtureSpans(run.span_source), "taskctl-fixture-spans")
+    if settings.http:
+        from .http import HttpPlugin
+
+        # The plugin's own etcd traffic (requests underneath) is not the suite's.
+        own = tuple(f"{e.host}:{e.port}" for e in settings.etcd.endpoints)
+        pluginmanager.register(HttpPlugin(run.tracer_provider, own), "taskctl-http")

@@ -1,0 +1,172 @@
+"""Light spans for the plugin's own per-test spans: the test, its phases, its fixtures.
+
+An SDK span costs tens of microseconds to start and end (sampler, bounded
+attribute mappings with locks, span processor fan-out, a ``ReadableSpan``
+copy at the end): with four or more spans per test that alone was above
+the plugin's whole per-test budget. Our own spans need none of that
+machinery: their names and attributes are ours, they are ended once, on
+the thread that started them. A :class:`LightSpan` is a plain object that
+implements the OpenTelemetry span API -- so ``trace.get_current_span()``,
+``record_exception``, log events, child spans of the suite's own tracers
+and HTTP instrumentations all work with it -- and is handed, when it ends,
+to the same pipeline as SDK spans, which encodes both alike.
+
+Sampling follows the SDK's rule for the run's provider: a test's root span
+asks the provider's sampler (``OTEL_TRACES_SAMPLER``); children follow
+their parent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from opentelemetry import trace
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from .events import exception_attributes
+
+#: As the SDK's default ``OTEL_SPAN_EVENT_COUNT_LIMIT``: a test that logs in a loop
+#: must not grow one span without bound.
+EVENT_LIMIT = 128
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+UNSET = Status(StatusCode.UNSET)
+
+
+class LightEvent(NamedTuple):
+    """A span event, with the field names the encoder reads from the SDK's ``Event``."""
+
+    name: str
+    attributes: Mapping[str, Any]
+    timestamp: int
+
+
+class LightSpan(trace.Span):
+    """A recording span that is only a record: see the module docstring."""
+
+    kind = SpanKind.INTERNAL
+
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any] | None,
+        links: Sequence[Link],
+        sink: Callable[[Any], None],
+        resource: Any,
+        scope: InstrumentationScope,
+    ) -> None:
+        self.name = name
+        self._context = context
+        self.parent = parent
+        self.attributes: dict[str, Any] = attributes if attributes is not None else {}
+        self.links = links
+        self.events: list[LightEvent] = []
+        self.status = UNSET
+        self.start_time = time.time_ns()
+        self.end_time: int | None = None
+        self.resource = resource
+        self.instrumentation_scope = scope
+        self._sink = sink
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self.end_time is None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self.attributes.update(attributes)
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
+    ) -> None:
+        if len(self.events) < EVENT_LIMIT:
+            self.events.append(LightEvent(name, attributes or {}, timestamp or time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
+        self.links = (*self.links, Link(context, attributes))
+
+    def update_name(self, name: str) -> None:
+        self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if self.status.status_code is StatusCode.OK:
+            return  # the SDK's rule: OK is final
+        self.status = status
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self.add_event(
+            "exception", {**exception_attributes(exception), **(attributes or {})}, timestamp
+        )
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time is None:
+            self.end_time = end_time or time.time_ns()
+            self._sink(self)
+
+
+class LightTracer:
+    """Starts :class:`LightSpan` s with the run's ids, resource, sampler and pipeline."""
+
+    def __init__(self, provider: Any, id_generator: Any, sink: Callable[[Any], None]) -> None:
+        self._sampler = provider.sampler
+        self._resource = provider.resource
+        self._ids = id_generator
+        self._sink = sink
+        self.scope = InstrumentationScope("pytest_taskctl")
+
+    def start_root(
+        self, name: str, attributes: dict[str, Any], links: Sequence[Link] = ()
+    ) -> trace.Span:
+        """The root span of a new trace (a test's span), if the sampler keeps it."""
+        trace_id = self._ids.generate_trace_id()
+        decision = self._sampler.should_sample(
+            None, trace_id, name, SpanKind.INTERNAL, attributes, links
+        )
+        flags = SAMPLED if decision.decision.is_sampled() else TraceFlags(0)
+        context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
+        if not flags.sampled:
+            return trace.NonRecordingSpan(context)
+        return self._span(name, context, None, attributes, links)
+
+    def start_child(
+        self,
+        name: str,
+        parent: SpanContext,
+        attributes: dict[str, Any] | None = None,
+        links: Sequence[Link] = (),
+    ) -> trace.Span:
+        """A child of ``parent`` (same trace); recorded only if the parent is sampled."""
+        context = SpanContext(
+            parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags
+        )
+        if not parent.trace_flags.sampled:
+            return trace.NonRecordingSpan(context)
+        return self._span(name, context, parent, attributes, links)
+
+    def _span(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any] | None,
+        links: Sequence[Link],
+    ) -> LightSpan:
+        return LightSpan(
+            name, context, parent, attributes, links, self._sink, self._resource, self.scope
+        )
