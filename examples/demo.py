@@ -98,7 +98,8 @@ def main() -> int:
 
 def _etcd_up(endpoint: str) -> bool:
     try:
-        StateStore(endpoint, PREFIX).close()
+        with StateStore(endpoint, PREFIX) as store:
+            store.run_ids()  # the store connects on first use
         return True
     except Exception:
         return False
@@ -176,9 +177,15 @@ def _pause_and_resume(  # type: ignore[no-untyped-def]
     ]:
         console.print(f"  {line}", markup=False, soft_wrap=True)
     spans = _spans(log_dir / "traces.jsonl")
-    console.print(f"\n[bold]traces.jsonl[/]: {len(spans)} spans")
-    for span in spans[:3]:
-        console.print(f"  trace {span['traceId']}  {span['name']}", markup=False)
+    tests = sum(1 for span in spans if "::" in span["name"])
+    console.print(
+        f"\n[bold]traces.jsonl[/]: {len(spans)} spans ({tests} tests, each with its phases "
+        "and fixtures); as a waterfall in the terminal:"
+    )
+    log_root = str(log_dir.parent)
+    run_command([str(BIN / "taskctl"), "trace", run_id, "--log-dir", log_root], env)
+    first_test = next(span["name"] for span in spans if "::" in span["name"])
+    run_command([str(BIN / "taskctl"), "trace", run_id, first_test, "--log-dir", log_root], env)
     run_command([str(BIN / "taskctl"), "status", run_id], env)
     console.print(
         f"\n[bold green]Demo finished[/] (pytest exit code {code}). "
