@@ -25,6 +25,11 @@ def terminal_line(config: pytest.Config, text: str) -> None:
         return
     capture = config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        # ensure_newline() knows only the verbose layout; with -q the progress
+        # dots share a line that it does not see, so ask the writer itself.
+        writer = getattr(terminal, "_tw", None)
+        if writer is not None and writer.width_of_current_line:
+            terminal.write("\n")
         terminal.ensure_newline()
         terminal.write_line(text)
 

@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -114,12 +115,14 @@ class HttpTracing:
                 continue  # the suite's own instrumentation: not ours to replace or undo
             try:
                 # A library version the instrumentation does not support is skipped
-                # by instrument() itself (its dependency check).
-                instrumentor.instrument(
-                    tracer_provider=self.tracer_provider,
-                    **HOOKS[class_name],
-                    **self._exclusions(class_name),
-                )
+                # by instrument() itself (its dependency check). The SDK's
+                # get_tracer adds a process-wide warnings filter: keep the suite's.
+                with warnings.catch_warnings():
+                    instrumentor.instrument(
+                        tracer_provider=self.tracer_provider,
+                        **HOOKS[class_name],
+                        **self._exclusions(class_name),
+                    )
             except Exception as exc:
                 log.warning("--taskctl-http: could not instrument %s: %s", class_name, exc)
                 continue

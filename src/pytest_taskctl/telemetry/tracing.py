@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,10 @@ class RunTracer:
                     processor.on_end(span)
 
         self._light = LightTracer(provider, ID_GENERATOR, sink)
-        return provider.get_tracer("pytest_taskctl")
+        # The SDK's get_tracer adds a process-wide warnings filter on every call;
+        # the suite's filters must stay as the suite set them.
+        with warnings.catch_warnings():
+            return provider.get_tracer("pytest_taskctl")
 
     @property
     def tracer_provider(self) -> Any:
