@@ -24,10 +24,11 @@ from ...outcome import TestOutcome
 from ...process import process_identity
 from ...records import json_object
 from ..resume import passed_identities, result_record
+from .claims import Claim
 from .layout import JoinKeys, dumps
 from .membership import Attempt, JoinRefused, Membership, new_worker_id
 from .plan import PlanMismatch, settle_plan
-from .queue import Claim, WorkQueue
+from .queue import WorkQueue
 from .tracelink import link_session
 
 if TYPE_CHECKING:
@@ -215,24 +216,24 @@ class JoinPlugin:
         record["worker"] = self.worker_id
         self.queue.ack(claim, self.keys.run.result(nodeid), json.dumps(record, ensure_ascii=False))
 
-    def _give_up_record(self, index: int, handouts: int) -> tuple[str, str]:
+    def _give_up_record(self, index: int, deaths: int) -> tuple[str, str]:
         nodeid = self.items[index].nodeid
         record = result_record(
             nodeid, TestOutcome(word="error"), self.attempt.number if self.attempt else 1
         )
         record["reason"] = (
-            f"taskctl: --join: the processes running this test died {handouts} times "
+            f"taskctl: --join: the processes running this test died {deaths} times "
             "(crash, SIGKILL, lost machine); not handed out again"
         )
         return self.keys.run.result(nodeid), json.dumps(record, ensure_ascii=False)
 
-    def _given_up(self, index: int, handouts: int) -> None:
+    def _given_up(self, index: int, deaths: int) -> None:
         nodeid = self.items[index].nodeid
         with self._lock:
             self.given_up.append(nodeid)
             self.counts["failed"] += 1
         self.run.notify(
-            f"taskctl: join: {nodeid} ERROR: its process died {handouts} times; "
+            f"taskctl: join: {nodeid} ERROR: its process died {deaths} times; "
             "recorded as an error, not run again"
         )
 

@@ -16,10 +16,12 @@ that took over. Lease expiry is not proof of death; the fence makes it safe.
 Every process mirrors ``queue/`` through a supervised watch. A claim deleted
 without a ``done`` is an orphan (its process's lease expired): the first
 process to requeue it wins a transaction that compares that nothing else
-happened to the index meanwhile. An index handed out ``MAX_HANDOUTS`` times
-whose claim was lost each time is not handed out again: it is recorded as an
-error, so a test that kills its process cannot take the run down one process
-after another.
+happened to the index meanwhile. Of a dead process's claims, the one it
+claimed first (lowest claim sequence) is the one it was running -- it runs
+its claims in claim order and the rest were only taken ahead -- so only that
+one is charged with the death. A test charged ``MAX_DEATHS`` times is not
+handed out again: it is recorded as an error, so a test that kills its
+process cannot take the run down one process after another.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ...etcd.gateway import (
@@ -44,35 +45,20 @@ from ...etcd.gateway import (
     value_equals,
 )
 from ...records import json_object
+from .claims import Ack, Claim, Held
 from .layout import JoinKeys, dumps, key_exists, range_op
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
 #: Most tests one claim takes (the first claims of a large suite).
 MAX_CHUNK = 16
-#: Times an index may be handed out; its claim lost that often, it is recorded as an error.
-MAX_HANDOUTS = 2
+#: Deaths of its process a test is charged with before it is recorded as an error.
+MAX_DEATHS = 2
 #: Acknowledgements sent in one transaction when several are waiting.
 ACK_BATCH = 32
 
 
-@dataclass(frozen=True)
-class Claim:
-    index: int
-    #: The claim key's mod revision: acknowledgements are fenced on it.
-    revision: int
-    handouts: int
-
-
-@dataclass
-class Ack:
-    claim: Claim
-    result_key: str
-    result: str
-    landed: threading.Event
-
-
-#: ``(index, handouts) -> (result key, result JSON)`` for a test given up on.
+#: ``(index, deaths) -> (result key, result JSON)`` for a test given up on.
 GiveUpRecord = Callable[[int, int], tuple[str, str]]
 
 
@@ -98,11 +84,12 @@ class WorkQueue:
         self._on_given_up = on_given_up
         self._cond = threading.Condition()
         self.next_index = 0
-        self.claims: dict[int, int] = {}
+        self.claims: dict[int, Held] = {}
         self.done: set[int] = set()
         self.requeued: dict[int, int] = {}
         self.alive: set[str] = set()
-        self._orphans: dict[int, int] = {}
+        self._orphans: dict[int, Held] = {}
+        self._seq = 0
         self._changes = 0
         self._stopping = threading.Event()
         self._stream: Any = None
@@ -141,12 +128,13 @@ class WorkQueue:
 
     def _replace(self, result: RangeResult) -> None:
         with self._cond:
-            handouts = dict(self.claims)
+            held = dict(self.claims)
             self.claims, self.done, self.requeued, self.alive = {}, set(), {}, set()
             for kv in result.kvs:
                 self._put(kv.key, kv.value)
             lost = set(range(self.next_index)) - self.done - set(self.claims) - set(self.requeued)
-            self._orphans = {index: handouts.get(index, 1) for index in lost}
+            unknown = Held("", 0, 0)  # claimed and lost while we were not watching
+            self._orphans = {index: held.get(index, unknown) for index in lost}
             self._changes += 1
             self._cond.notify_all()
 
@@ -162,8 +150,12 @@ class WorkQueue:
                 self.done.add(index)
                 self._orphans.pop(index, None)
                 return
-            handouts = int((json_object(value) or {}).get("h", 1))
-            (self.claims if kind == "claim" else self.requeued)[index] = handouts
+            record = json_object(value) or {}
+            deaths = int(record.get("d", 0))
+            if kind == "claim":
+                self.claims[index] = Held(str(record.get("w")), int(record.get("s", 0)), deaths)
+            else:
+                self.requeued[index] = deaths
             self._orphans.pop(index, None)
 
     def _apply(self, events: list[tuple[str, str, bytes]]) -> None:
@@ -179,9 +171,9 @@ class WorkQueue:
                     self.requeued.pop(int(name), None)
                 elif what == "claim":
                     index = int(name)
-                    handouts = self.claims.pop(index, 1)
+                    held = self.claims.pop(index, Held("", 0, 0))
                     if index not in self.done and index not in self.requeued:
-                        self._orphans[index] = handouts  # its process's lease expired
+                        self._orphans[index] = held  # its process's lease expired
             self._changes += 1
             self._cond.notify_all()
 
@@ -219,27 +211,32 @@ class WorkQueue:
         """Requeue (or give up on) the claims whose process died; one of us wins each."""
         with self._cond:
             orphans, self._orphans = self._orphans, {}
-        for index, handouts in sorted(orphans.items()):
+        running: dict[str, tuple[int, int]] = {}
+        for index, held in orphans.items():  # each dead process's first claim
+            first = running.get(held.worker, (held.seq, index))
+            running[held.worker] = min(first, (held.seq, index))
+        for index, held in sorted(orphans.items()):
+            deaths = held.deaths + (running[held.worker] == (held.seq, index))
             untouched = [
                 key_missing(self.keys.claim(index)),
                 key_missing(self.keys.done(index)),
                 key_missing(self.keys.requeue(index)),
             ]
             try:
-                if handouts >= MAX_HANDOUTS:
-                    result_key, result = self._give_up(index, handouts)
-                    done = dumps({"w": self.worker_id, "gave_up": handouts})
+                if deaths >= MAX_DEATHS:
+                    result_key, result = self._give_up(index, deaths)
+                    done = dumps({"w": self.worker_id, "gave_up": deaths})
                     ops = [put_op(self.keys.done(index), done), put_op(result_key, result)]
                     if self._txn(ops, untouched)["succeeded"]:
-                        self._on_given_up(index, handouts)
+                        self._on_given_up(index, deaths)
                     continue
-                record = dumps({"h": handouts, "by": self.worker_id})
+                record = dumps({"d": deaths, "by": self.worker_id})
                 if self._txn([put_op(self.keys.requeue(index), record)], untouched)["succeeded"]:
                     log.warning("join: test #%d lost its process; requeued", index)
             except Exception as exc:
                 log.debug("join: could not requeue #%d: %s", index, exc)
                 with self._cond:
-                    self._orphans.setdefault(index, handouts)
+                    self._orphans.setdefault(index, held)
 
     # -- claims -----------------------------------------------------------------
 
@@ -270,8 +267,8 @@ class WorkQueue:
         with self._cond:
             requeued = sorted(self.requeued.items())
             next_index = self.next_index
-        for index, handouts in requeued:
-            record = dumps({"w": self.worker_id, "h": handouts + 1})
+        for index, deaths in requeued:
+            record = self._claim_record(deaths)
             ops = [
                 delete_op(self.keys.requeue(index)),
                 put_op(self.keys.claim(index), record, lease),
@@ -279,11 +276,11 @@ class WorkQueue:
             response = self._txn(ops, [key_exists(self.keys.requeue(index))])
             if response["succeeded"]:
                 self.claim_txns += 1
-                return [Claim(index, int(response["header"]["revision"]), handouts + 1)]
+                return [Claim(index, int(response["header"]["revision"]), deaths)]
         while next_index < self.count:
             size = min(self.chunk_size(next_index), self.count - next_index)
             claimed = range(next_index, next_index + size)
-            record = dumps({"w": self.worker_id, "h": 1})
+            record = self._claim_record(0)
             ops = [put_op(self.keys.next, str(next_index + size))]
             ops += [put_op(self.keys.claim(index), record, lease) for index in claimed]
             response = self._txn(
@@ -292,10 +289,15 @@ class WorkQueue:
             if response["succeeded"]:
                 self.claim_txns += 1
                 revision = int(response["header"]["revision"])
-                return [Claim(index, revision, 1) for index in claimed]
+                return [Claim(index, revision, 0) for index in claimed]
             kvs = response["responses"][0]["response_range"].get("kvs", [])
             next_index = int(unb64(kvs[0].get("value")) or 0) if kvs else self.count
         return []
+
+    def _claim_record(self, deaths: int) -> str:
+        """Whose claim, its place in our claim order (we run claims in that order), deaths."""
+        self._seq += 1
+        return dumps({"w": self.worker_id, "s": self._seq, "d": deaths})
 
     # -- acknowledgements ---------------------------------------------------------
 
