@@ -63,10 +63,12 @@ def cmd_status(ctx: Context) -> int:
     record = read_run(ctx, ctx.args.run_id)
     from ..features.join.workers import joined_counts, read_workers  # a --join run
 
-    record["workers"] = read_workers(ctx.store.gateway, ctx.store.keys(ctx.args.run_id))
-    if record["workers"] and not is_final(record):
+    workers = read_workers(ctx.store.gateway, ctx.store.keys(ctx.args.run_id))
+    if workers:  # a plain run's object keeps its shape (the same as in `taskctl runs`)
+        record["workers"] = workers
+    if workers and not is_final(record):
         total = record["counts"]["total"] or plan_count(ctx, ctx.args.run_id)
-        record["counts"] = joined_counts(record["workers"], total)
+        record["counts"] = joined_counts(workers, total)
     if ctx.args.json:
         ctx.emit_json(record)
         return EXIT_OK
@@ -105,7 +107,7 @@ def cmd_status(ctx: Context) -> int:
             )
         )
     lines += [("current", nodeid) for nodeid in record["current"]] or [("current", "-")]
-    for worker in record["workers"]:
+    for worker in workers:
         counts_text = ", ".join(f"{v} {k}" for k, v in worker["counts"].items())
         lines.append(
             (f"worker {worker['host']}:{worker['pid']}", f"{worker['state']}: {counts_text}")
