@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import re
 import secrets
+import socket
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ class RunSettings:
     span_detail: str = "fixtures"
     #: ``--taskctl-http``: instrument requests, httpx and urllib3 for the session.
     http: bool = False
+    #: ``--join``: one of many processes of the run; its files go to a directory of its own.
+    join: bool = False
 
     @property
     def keys(self) -> RunKeys:
@@ -150,6 +153,8 @@ class RunSettings:
 
     @property
     def run_dir(self) -> Path:
+        if self.join:  # processes of one run on one machine must not share files
+            return self.log_dir / self.run_id / "workers" / f"{socket.gethostname()}-{os.getpid()}"
         return self.log_dir / self.run_id
 
     @classmethod
@@ -213,6 +218,7 @@ class RunSettings:
             xdist_session=workerinput.get(WORKER_SESSION),
             span_detail=span_detail,
             http=_http_wanted(option.taskctl_http, config.getini("taskctl_http"), environ),
+            join=bool(getattr(option, "taskctl_join", False)),
         )
 
 

@@ -133,6 +133,21 @@ class RunKeys:
         return self.results + "#sha256-" + identity.removeprefix("sha256:")
 
     @property
+    def plan(self) -> str:
+        """``--join``: the collection every process must match (outside the control range)."""
+        return f"{self.root}/plan"
+
+    @property
+    def queue(self) -> str:
+        """``--join``: claims, acknowledgements and requeues of the run's tests."""
+        return f"{self.root}/queue/"
+
+    @property
+    def workers(self) -> str:
+        """``--join``: one record per process that joined the run."""
+        return f"{self.root}/workers/"
+
+    @property
     def pauses(self) -> str:
         return f"{self.root}/pauses/"
 

@@ -55,6 +55,10 @@ THREAD_HELP = (
     "run tests on N threads, different groups at once, each group one test at a time "
     "(default 1: off); see --group-unit and @pytest.mark.group"
 )
+JOIN_HELP = (
+    "join run --run-id ID with every other process started with --join on the same etcd: "
+    "each test runs once across all of them, claimed as they go"
+)
 GROUP_UNIT_HELP = (
     "default group of a test without a group marker: its module (default), "
     "its class, or none (function: every test on its own)"
@@ -129,6 +133,9 @@ def _add_feature_options(group: Any) -> None:
     )
     group.addoption(
         "--pause-checkpoint-mock", choices=sorted(RESULT_TOKENS), default=None, help=PAUSE_MOCK_HELP
+    )
+    group.addoption(
+        "--join", dest="taskctl_join", action="store_true", default=False, help=JOIN_HELP
     )
     group.addoption(
         "--thread", dest="taskctl_threads", metavar="N", type=int, default=None, help=THREAD_HELP

@@ -68,7 +68,12 @@ def _register_features(config: pytest.Config, run: TaskRun) -> None:
     links = reports.TraceLinks(run, SPAN_KEY, junit=junit)
     config.pluginmanager.register(links, "taskctl-trace-links")
 
-    config.pluginmanager.register(resume.make_plugin(config, run), "taskctl-resume")
+    if run.settings.join:  # claims, fenced results and membership instead of the run lease
+        from .features import join
+
+        config.pluginmanager.register(join.make_plugin(config, run), "taskctl-join")
+    else:
+        config.pluginmanager.register(resume.make_plugin(config, run), "taskctl-resume")
     config.pluginmanager.register(livepause.make_plugin(config, run), "taskctl-livepause")
     if config.option.taskctl_threads not in (None, 1):
         from .features import groups

@@ -169,7 +169,13 @@ class TaskRun:
             self.gateway, start, end, on_connection_change=self._connection.callback("watch")
         ).start(initial)
         self.control = RunControl(
-            keys, self.view, self.writer, publish=not self.is_worker, notify=self.notify
+            keys,
+            self.view,
+            self.writer,
+            publish=not (
+                self.is_worker or self.settings.join
+            ),  # --join: the join feature publishes
+            notify=self.notify,
         )
 
     def _connection_changed(self, connected: bool, error: BaseException | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..records import json_object
 from .context import EXIT_OK, Context
 from .views import (
     flag_notes,
@@ -50,8 +51,24 @@ def cmd_runs(ctx: Context) -> int:
     return EXIT_OK
 
 
+def plan_count(ctx: Context, run_id: str) -> int:
+    from ..features.join.layout import JoinKeys
+
+    plan = json_object(ctx.store.gateway.get(JoinKeys(ctx.store.keys(run_id)).plan)) or {}
+    count = plan.get("count")
+    return count if isinstance(count, int) else 0
+
+
 def cmd_status(ctx: Context) -> int:
     record = read_run(ctx, ctx.args.run_id)
+    from ..features.join.workers import joined_counts, read_workers  # a --join run
+
+    workers = read_workers(ctx.store.gateway, ctx.store.keys(ctx.args.run_id))
+    if workers:  # a plain run's object keeps its shape (the same as in `taskctl runs`)
+        record["workers"] = workers
+    if workers and not is_final(record):
+        total = record["counts"]["total"] or plan_count(ctx, ctx.args.run_id)
+        record["counts"] = joined_counts(workers, total)
     if ctx.args.json:
         ctx.emit_json(record)
         return EXIT_OK
@@ -90,6 +107,11 @@ def cmd_status(ctx: Context) -> int:
             )
         )
     lines += [("current", nodeid) for nodeid in record["current"]] or [("current", "-")]
+    for worker in workers:
+        counts_text = ", ".join(f"{v} {k}" for k, v in worker["counts"].items())
+        lines.append(
+            (f"worker {worker['host']}:{worker['pid']}", f"{worker['state']}: {counts_text}")
+        )
     if record["trace_id"]:
         lines.append(("trace id", str(record["trace_id"])))
     if record["log_file"]:

@@ -1,0 +1,377 @@
+"""The shared queue of a joined run: claims in chunks, fenced acknowledgements, requeues.
+
+Tests are named by their index in the plan. A process claims a chunk of
+indexes with one transaction that moves ``queue/next`` (compared on its
+value, so two processes never take the same index) and writes one
+``queue/claim/<index>`` per test attached to the process's lease; chunks get
+smaller as the queue empties, as in pytest-xdist's load scheduling, so a
+faster process takes more and the last tests spread out.
+
+A result is written together with ``queue/done/<index>`` and the deletion
+of the claim, in one transaction that compares the claim key's revision
+with the one our claim wrote: a process that was presumed dead (its lease
+expired, its tests requeued) cannot overwrite the result of the process
+that took over. Lease expiry is not proof of death; the fence makes it safe.
+
+Every process mirrors ``queue/`` through a supervised watch. A claim deleted
+without a ``done`` is an orphan (its process's lease expired): the first
+process to requeue it wins a transaction that compares that nothing else
+happened to the index meanwhile. Of a dead process's claims, the one it
+claimed first (lowest claim sequence) is the one it was running -- it runs
+its claims in claim order and the rest were only taken ahead -- so only that
+one is charged with the death. A test charged ``MAX_DEATHS`` times is not
+handed out again: it is recorded as an error, so a test that kills its
+process cannot take the run down one process after another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ...etcd.gateway import (
+    EtcdGateway,
+    RangeResult,
+    delete_op,
+    key_missing,
+    mod_revision_equals,
+    prefix_end,
+    put_op,
+    unb64,
+    value_equals,
+)
+from ...records import json_object
+from .claims import Ack, Claim, Held
+from .layout import JoinKeys, dumps, key_exists, range_op
+
+log = logging.getLogger("pytest_taskctl.plugin")
+
+#: Most tests one claim takes (the first claims of a large suite).
+MAX_CHUNK = 16
+#: Deaths of its process a test is charged with before it is recorded as an error.
+MAX_DEATHS = 2
+#: Acknowledgements sent in one transaction when several are waiting.
+ACK_BATCH = 32
+
+
+#: ``(index, deaths) -> (result key, result JSON)`` for a test given up on.
+GiveUpRecord = Callable[[int, int], tuple[str, str]]
+
+
+class WorkQueue:
+    """This process's view of the queue and its claims; thread-safe."""
+
+    def __init__(
+        self,
+        gateway: EtcdGateway,
+        keys: JoinKeys,
+        worker_id: str,
+        count: int,
+        lease_id: Callable[[], int],
+        give_up: GiveUpRecord,
+        on_given_up: Callable[[int, int], None],
+    ) -> None:
+        self.gateway = gateway
+        self.keys = keys
+        self.worker_id = worker_id
+        self.count = count
+        self._lease_id = lease_id
+        self._give_up = give_up
+        self._on_given_up = on_given_up
+        self._cond = threading.Condition()
+        self.next_index = 0
+        self.claims: dict[int, Held] = {}
+        self.done: set[int] = set()
+        self.requeued: dict[int, int] = {}
+        self.alive: set[str] = set()
+        self._orphans: dict[int, Held] = {}
+        self._seq = 0
+        self._changes = 0
+        self._stopping = threading.Event()
+        self._stream: Any = None
+        self._acks: deque[Ack] = deque()
+        self._unlanded: list[Ack] = []
+        self._ack_cond = threading.Condition()
+        self.requests = 0  # etcd requests this process made for the queue (benchmark)
+        self.claim_txns = 0
+        self._threads = [
+            threading.Thread(target=self._watch, name="taskctl-join-watch", daemon=True),
+            threading.Thread(target=self._ack_loop, name="taskctl-join-acks", daemon=True),
+        ]
+
+    def start(self) -> WorkQueue:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    # -- the mirror -------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        with self._cond:
+            return len(self.done) >= self.count
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """Block until the mirror changed after ``seen`` (a value of :attr:`changes`)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._changes != seen, timeout)
+            return self._changes
+
+    @property
+    def changes(self) -> int:
+        with self._cond:
+            return self._changes
+
+    def _replace(self, result: RangeResult) -> None:
+        with self._cond:
+            held = dict(self.claims)
+            self.claims, self.done, self.requeued, self.alive = {}, set(), {}, set()
+            for kv in result.kvs:
+                self._put(kv.key, kv.value)
+            lost = set(range(self.next_index)) - self.done - set(self.claims) - set(self.requeued)
+            unknown = Held("", 0, 0)  # claimed and lost while we were not watching
+            self._orphans = {index: held.get(index, unknown) for index in lost}
+            self._changes += 1
+            self._cond.notify_all()
+
+    def _put(self, key: str, value: bytes) -> None:
+        kind, name = self.keys.parse(key) or ("", "")
+        if kind == "next":
+            self.next_index = int(value or 0)
+        elif kind == "alive":
+            self.alive.add(name)
+        elif kind in ("claim", "requeue", "done"):
+            index = int(name)
+            if kind == "done":
+                self.done.add(index)
+                self._orphans.pop(index, None)
+                return
+            record = json_object(value) or {}
+            deaths = int(record.get("d", 0))
+            if kind == "claim":
+                self.claims[index] = Held(str(record.get("w")), int(record.get("s", 0)), deaths)
+            else:
+                self.requeued[index] = deaths
+            self._orphans.pop(index, None)
+
+    def _apply(self, events: list[tuple[str, str, bytes]]) -> None:
+        with self._cond:
+            for kind, key, value in events:
+                if kind != "DELETE":
+                    self._put(key, value)
+                    continue
+                what, name = self.keys.parse(key) or ("", "")
+                if what == "alive":
+                    self.alive.discard(name)
+                elif what == "requeue":
+                    self.requeued.pop(int(name), None)
+                elif what == "claim":
+                    index = int(name)
+                    held = self.claims.pop(index, Held("", 0, 0))
+                    if index not in self.done and index not in self.requeued:
+                        self._orphans[index] = held  # its process's lease expired
+            self._changes += 1
+            self._cond.notify_all()
+
+    def _watch(self) -> None:
+        """Mirror ``queue/``: read, watch from the next revision, re-read after any break."""
+        backoff = 0.05
+        start, end = self.keys.queue, prefix_end(self.keys.queue)
+        while not self._stopping.is_set():
+            try:
+                result = self.gateway.range(start, end)
+                self._replace(result)
+                self._reap()
+                self._stream = self.gateway.watch(start, end, result.revision + 1)
+                backoff = 0.05
+                for _, events in self._stream:
+                    self._apply(events)
+                    self._reap()
+                    if self._stopping.is_set():
+                        break
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                if "Read timed out" not in str(exc):
+                    log.debug("join: queue watch broke: %s", exc)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 1.0)
+            finally:
+                if self._stream is not None:
+                    self._stream.close()
+                    self._stream = None
+
+    # -- requeue ----------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Requeue (or give up on) the claims whose process died; one of us wins each."""
+        with self._cond:
+            orphans, self._orphans = self._orphans, {}
+        running: dict[str, tuple[int, int]] = {}
+        for index, held in orphans.items():  # each dead process's first claim
+            first = running.get(held.worker, (held.seq, index))
+            running[held.worker] = min(first, (held.seq, index))
+        for index, held in sorted(orphans.items()):
+            deaths = held.deaths + (running[held.worker] == (held.seq, index))
+            untouched = [
+                key_missing(self.keys.claim(index)),
+                key_missing(self.keys.done(index)),
+                key_missing(self.keys.requeue(index)),
+            ]
+            try:
+                if deaths >= MAX_DEATHS:
+                    result_key, result = self._give_up(index, deaths)
+                    done = dumps({"w": self.worker_id, "gave_up": deaths})
+                    ops = [put_op(self.keys.done(index), done), put_op(result_key, result)]
+                    if self._txn(ops, untouched)["succeeded"]:
+                        self._on_given_up(index, deaths)
+                    continue
+                record = dumps({"d": deaths, "by": self.worker_id})
+                if self._txn([put_op(self.keys.requeue(index), record)], untouched)["succeeded"]:
+                    log.warning("join: test #%d lost its process; requeued", index)
+            except Exception as exc:
+                log.debug("join: could not requeue #%d: %s", index, exc)
+                with self._cond:
+                    self._orphans.setdefault(index, held)
+
+    # -- claims -----------------------------------------------------------------
+
+    def _txn(
+        self,
+        success: list[dict[str, Any]],
+        compare: list[dict[str, Any]],
+        failure: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        request: dict[str, Any] = {"success": success, "compare": compare}
+        if failure:
+            request["failure"] = failure
+        self.requests += 1
+        response: dict[str, Any] = self.gateway.call("/kv/txn", request)
+        response["succeeded"] = bool(response.get("succeeded", False))
+        return response
+
+    def chunk_size(self, next_index: int) -> int:
+        with self._cond:
+            live = max(1, len(self.alive))
+        return max(1, min(MAX_CHUNK, (self.count - next_index) // (4 * live)))
+
+    def claim(self) -> list[Claim]:
+        """Claim requeued tests first, else a chunk of fresh ones; ``[]`` when none is free."""
+        lease = self._lease_id()
+        if not lease:
+            return []
+        with self._cond:
+            requeued = sorted(self.requeued.items())
+            next_index = self.next_index
+        for index, deaths in requeued:
+            record = self._claim_record(deaths)
+            ops = [
+                delete_op(self.keys.requeue(index)),
+                put_op(self.keys.claim(index), record, lease),
+            ]
+            response = self._txn(ops, [key_exists(self.keys.requeue(index))])
+            if response["succeeded"]:
+                self.claim_txns += 1
+                return [Claim(index, int(response["header"]["revision"]), deaths)]
+        while next_index < self.count:
+            size = min(self.chunk_size(next_index), self.count - next_index)
+            claimed = range(next_index, next_index + size)
+            record = self._claim_record(0)
+            ops = [put_op(self.keys.next, str(next_index + size))]
+            ops += [put_op(self.keys.claim(index), record, lease) for index in claimed]
+            response = self._txn(
+                ops, [value_equals(self.keys.next, str(next_index))], [range_op(self.keys.next)]
+            )
+            if response["succeeded"]:
+                self.claim_txns += 1
+                revision = int(response["header"]["revision"])
+                return [Claim(index, revision, 0) for index in claimed]
+            kvs = response["responses"][0]["response_range"].get("kvs", [])
+            next_index = int(unb64(kvs[0].get("value")) or 0) if kvs else self.count
+        return []
+
+    def _claim_record(self, deaths: int) -> str:
+        """Whose claim, its place in our claim order (we run claims in that order), deaths."""
+        self._seq += 1
+        return dumps({"w": self.worker_id, "s": self._seq, "d": deaths})
+
+    # -- acknowledgements ---------------------------------------------------------
+
+    def ack(self, claim: Claim, result_key: str, result: str) -> Ack:
+        """Queue the result and acknowledgement of a claimed test (off the test's thread)."""
+        entry = Ack(claim, result_key, result, threading.Event())
+        with self._ack_cond:
+            self._acks.append(entry)
+            self._unlanded = [e for e in self._unlanded if not e.landed.is_set()]
+            self._unlanded.append(entry)
+            self._ack_cond.notify_all()
+        return entry
+
+    def _ack_ops(self, batch: list[Ack]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        ops: list[dict[str, Any]] = []
+        compare: list[dict[str, Any]] = []
+        for entry in batch:
+            index = entry.claim.index
+            compare.append(mod_revision_equals(self.keys.claim(index), entry.claim.revision))
+            done = dumps({"w": self.worker_id})
+            # done before the claim's deletion: watchers see it first and find no orphan.
+            ops += [put_op(self.keys.done(index), done), delete_op(self.keys.claim(index))]
+            ops.append(put_op(entry.result_key, entry.result))
+        return ops, compare
+
+    def _ack_loop(self) -> None:
+        while True:
+            with self._ack_cond:
+                self._ack_cond.wait_for(lambda: bool(self._acks) or self._stopping.is_set())
+                if not self._acks:
+                    return
+                batch = [self._acks.popleft() for _ in range(min(ACK_BATCH, len(self._acks)))]
+            self._send(batch)
+
+    def _send(self, batch: list[Ack]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                if self._txn(*self._ack_ops(batch))["succeeded"]:
+                    break
+                if len(batch) > 1:  # one of them lost its claim: find which, one by one
+                    for entry in batch:
+                        self._send([entry])
+                    return
+                log.warning(
+                    "join: the result of test #%d was not recorded: its claim was handed to "
+                    "another process while this one was away",
+                    batch[0].claim.index,
+                )
+                break
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                log.debug("join: acknowledgement failed, retrying: %s", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        for entry in batch:
+            entry.landed.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued acknowledgement was sent (or refused by its fence)."""
+        deadline = time.monotonic() + timeout
+        with self._ack_cond:
+            pending = list(self._unlanded)
+        return all(e.landed.wait(max(0.0, deadline - time.monotonic())) for e in pending)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        with self._ack_cond:
+            self._ack_cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(2.0)

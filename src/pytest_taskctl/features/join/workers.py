@@ -1,0 +1,63 @@
+"""The ``workers`` of a joined run as ``taskctl status`` shows them.
+
+A process's record stays after it leaves (its final state and counts);
+whether it is still alive comes from its ``queue/alive/<worker>`` key, which
+vanishes with its lease -- so a killed process shows as ``DEAD`` within the
+lease's TTL, not as running forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...etcd.gateway import EtcdGateway
+from ...keys import RunKeys
+from ...records import json_object
+from .layout import JoinKeys
+
+COUNT_NAMES = ("passed", "failed", "skipped")
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
+
+
+def read_workers(gateway: EtcdGateway, keys: RunKeys) -> list[dict[str, Any]]:
+    """One object per process that joined the run's current attempt, oldest first."""
+    join = JoinKeys(keys)
+    records = gateway.range_prefix(keys.workers).kvs
+    if not records:
+        return []
+    alive = {
+        kv.key.removeprefix(join.alive_prefix)
+        for kv in gateway.range_prefix(join.alive_prefix, keys_only=True).kvs
+    }
+    workers = []
+    for kv in records:
+        record = json_object(kv.value) or {}
+        worker = kv.key.removeprefix(keys.workers)
+        state = str(record.get("state") or "RUNNING")
+        if worker not in alive and state not in ENDED:
+            state = "DEAD"
+        counts = record.get("counts")
+        if not isinstance(counts, dict):
+            counts = {}
+        workers.append(
+            {
+                "worker": worker,
+                "host": record.get("host"),
+                "pid": record.get("pid"),
+                "state": state,
+                "alive": worker in alive,
+                "counts": {name: int(counts.get(name, 0) or 0) for name in COUNT_NAMES},
+                "claims": record.get("claims", 0),
+                "given_up": record.get("given_up") or [],
+                "started": record.get("started"),
+                "updated": record.get("updated"),
+            }
+        )
+    workers.sort(key=lambda w: (w["started"] or 0, w["worker"]))
+    return workers
+
+
+def joined_counts(workers: list[dict[str, Any]], total: int) -> dict[str, int]:
+    """The run's counts while it runs: the sum of its processes' counts."""
+    counts = {name: sum(w["counts"][name] for w in workers) for name in COUNT_NAMES}
+    return {**counts, "remaining": max(0, total - sum(counts.values())), "total": total}
