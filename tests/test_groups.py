@@ -602,50 +602,60 @@ def pytest_sessionfinish(session):
     assert result.ret == 0, result.stdout.str()
 
 
-def test_failure_reports_are_made_one_at_a_time(ptr: pytest.Pytester) -> None:
-    """Tracebacks are formatted with ``ast.parse``, which is not thread-safe (gh-106905).
+def test_failures_on_several_threads_parse_source_one_at_a_time(ptr: pytest.Pytester) -> None:
+    """Failure reports and tracebacks use ``ast.parse``, which is not thread-safe (gh-106905).
 
-    Four tests fail at the same moment on four threads; an inner
-    ``pytest_runtest_makereport`` (where pytest formats the failure) records
-    how many failure reports were being made at once.
+    Four tests fail at the same moment on four threads. The conftest wraps
+    ``ast.parse`` before the run's loop starts, so the plugin's lock wraps it
+    in turn: the count of parses at once is what the interpreter saw.
     """
     ptr.makeconftest(
         """
-import threading, time
+import ast, threading, time, traceback
 import pytest
 
 _LOCK = threading.Lock()
 _AT_ONCE = {"now": 0, "most": 0}
 _ARRIVE = threading.Barrier(4, timeout=10)
+_parse = ast.parse
+
+def counting_parse(*args, **kwargs):
+    with _LOCK:
+        _AT_ONCE["now"] += 1
+        _AT_ONCE["most"] = max(_AT_ONCE["most"], _AT_ONCE["now"])
+    try:
+        time.sleep(0.002)  # a window for another thread's parse, were it let in
+        return _parse(*args, **kwargs)
+    finally:
+        with _LOCK:
+            _AT_ONCE["now"] -= 1
+
+def pytest_configure(config):
+    ast.parse = counting_parse
 
 @pytest.fixture
 def together():
     _ARRIVE.wait()
 
-def pytest_runtest_makereport(item, call):
-    if call.excinfo is None:
-        return
-    with _LOCK:
-        _AT_ONCE["now"] += 1
-        _AT_ONCE["most"] = max(_AT_ONCE["most"], _AT_ONCE["now"])
-    time.sleep(0.05)  # a window for another thread's failure report, were it let in
-    with _LOCK:
-        _AT_ONCE["now"] -= 1
-
 def pytest_terminal_summary(terminalreporter):
-    terminalreporter.write_line(f"failure reports at once: {_AT_ONCE['most']}")
+    terminalreporter.write_line(f"parses at once: {_AT_ONCE['most']}")
 """
     )
     body = (
+        "import traceback\n\n"
         "def deep(n):\n"
         "    if n == 0:\n"
         "        assert {'a': [1, 2, (3, 4)]} == {'a': [1, 2, (3, 5)]}\n"
         "    deep(n - 1)\n\n"
         "def test_fails(together):\n"
-        "    deep(20)\n"
+        "    try:\n"
+        "        deep(20)\n"
+        "    except AssertionError:\n"
+        "        traceback.format_exc()  # Python 3.11 parses each line here too\n"
+        "        raise\n"
     )
     ptr.makepyfile(**{f"test_m{number}": body for number in range(4)})
     result = ptr.runpytest("--thread", "4", "-p", "no:randomly")
     result.assert_outcomes(failed=4)
-    result.stdout.fnmatch_lines(["failure reports at once: 1"])
+    result.stdout.fnmatch_lines(["parses at once: 1"])
     result.stdout.no_fnmatch_line("*INTERNALERROR*")

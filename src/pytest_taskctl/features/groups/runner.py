@@ -13,7 +13,6 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import pytest
@@ -44,7 +43,6 @@ class GroupRunner:
     def __init__(self, settings: GroupSettings) -> None:
         self.settings = settings
         self._report_lock = threading.Lock()
-        self._failure_lock = threading.Lock()
         self._loop: _Loop | None = None
 
     def pytest_report_header(self) -> list[str]:
@@ -173,23 +171,3 @@ class GroupRunner:
                 loop.in_test -= 1
                 loop.in_test_changed.notify_all()
         return True
-
-    @pytest.hookimpl(wrapper=True, trylast=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        """Make one failure report at a time: formatting a traceback is not thread-safe.
-
-        pytest finds the statement of each traceback entry with ``ast.parse``,
-        and CPython's ``ast`` module keeps its recursion bookkeeping per
-        interpreter, not per thread (CPython issue gh-106905, seen on 3.11):
-        two reports made at once can end in ``SystemError: AST constructor
-        recursion depth mismatch``. Reports without an exception parse nothing
-        and are not held up. The lock is innermost (``trylast``): it covers
-        making the report, not other wrappers that act on it afterwards, such
-        as a live pause on failure that may wait for a decision.
-        """
-        if call.excinfo is None or self._loop is None:
-            return (yield)
-        with self._failure_lock:
-            return (yield)

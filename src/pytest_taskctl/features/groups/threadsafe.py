@@ -16,7 +16,8 @@ stand-in that keeps per-thread (or per-scope-node) state:
 * output capture and ``caplog``/log report sections (:mod:`.capture`) and
   recorded warnings (:mod:`.warnings`) go to the test running on the
   emitting thread;
-* ``PYTEST_CURRENT_TEST`` and the base temp directory, here.
+* ``PYTEST_CURRENT_TEST``, the base temp directory and ``ast.parse`` (one
+  parse at a time), here.
 
 These reach into pytest internals (``_setupstate``, ``FixtureDef``,
 ``CaptureManager._global_capturing``, the logging plugin's handlers,
@@ -27,8 +28,11 @@ themselves (:func:`~.plan.runs_alone`) are run with nothing beside them.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +73,33 @@ def tolerant_current_test_var() -> Iterator[None]:
         runner._update_current_test_var = original
 
 
+@contextlib.contextmanager
+def serialized_ast_parse() -> Iterator[None]:
+    """One ``ast.parse`` at a time while tests run on several threads.
+
+    CPython keeps the ``ast`` module's recursion bookkeeping per interpreter,
+    not per thread (CPython issue gh-106905, seen on 3.11): two parses at once
+    can end in ``SystemError: AST constructor recursion depth mismatch``.
+    pytest parses source for every failure report, and Python 3.11's
+    ``traceback`` module for every formatted exception, so tests failing on
+    two threads at once would crash the run. Parses are short; the lock costs
+    nothing to a passing test.
+    """
+    original = ast.parse
+    lock = threading.Lock()
+
+    @functools.wraps(original)
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(*args, **kwargs)
+
+    ast.parse = parse
+    try:
+        yield
+    finally:
+        ast.parse = original
+
+
 def make_tmp_path_base(session: pytest.Session) -> None:
     """Create pytest's base temp directory now: made lazily by two threads, there would be two."""
     factory = getattr(session.config, "_tmp_path_factory", None)
@@ -90,4 +121,5 @@ def thread_safe_pytest(session: pytest.Session) -> Iterator[None]:
         stack.enter_context(log_capture_per_thread(session.config))
         stack.enter_context(ThreadWarnings(session.config).installed())
         stack.enter_context(tolerant_current_test_var())
+        stack.enter_context(serialized_ast_parse())
         yield
