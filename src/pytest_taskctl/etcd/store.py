@@ -15,6 +15,7 @@ from ..keys import (
     DEFAULT_PREFIX,
     FINAL_STATUSES,
     FLAG_NAMES,
+    LIVE_STATUSES,
     RUN_LEAVES,
     STATUSES,
     RunKeys,
@@ -40,18 +41,29 @@ from .settings import EtcdSettings, parse_endpoints
 from .watch import WatchedRange
 
 
-def clear_stale_flags(gateway: EtcdGateway, keys: RunKeys) -> list[str]:
+def clear_stale_flags(
+    gateway: EtcdGateway, keys: RunKeys, taken_over_at: int | None = None
+) -> list[str]:
     """Delete ``paused``/``cancelled`` set before the run's last attempt ended.
 
     A flag written before the previous attempt's final status would pause or
     cancel a re-run (``--resume``) the moment it starts. Flags written after
-    that status are a request for the next attempt and stay. Each delete is
-    conditional on the flag's revision, so a flag set meanwhile survives.
+    that status are a request for the next attempt and stay. An attempt that
+    died never wrote a final status: its status is still live, and the new
+    attempt that took its lease over (at revision ``taken_over_at``) clears the
+    flags older than that takeover -- a ``paused`` of the dead attempt must not
+    hold the new one. Each delete is conditional on the flag's revision, so a
+    flag set meanwhile survives.
     """
     status = gateway.range(keys.status).kvs
-    if not status or status[0].text not in FINAL_STATUSES:
+    if not status:
         return []
-    ended_at = status[0].mod_revision
+    if status[0].text in FINAL_STATUSES:
+        ended_at = status[0].mod_revision
+    elif status[0].text.strip() in LIVE_STATUSES and taken_over_at:
+        ended_at = taken_over_at
+    else:
+        return []
     cleared = []
     for name in FLAG_NAMES:
         kvs = gateway.range(keys.flag(name)).kvs
