@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -89,3 +90,48 @@ def test_refused_second_process_writes_nothing(
         if span["name"] == "pytest session"
     ]
     assert len(sessions) == 1
+
+
+def results_of(store: StateStore, run_id: str) -> list[dict[str, object]]:
+    kvs = store.gateway.range_prefix(store.keys(run_id).results).kvs
+    return [json.loads(kv.value) for kv in kvs]
+
+
+def test_a_process_that_lost_its_lease_writes_nothing_more(
+    tmp_path: Path, store: StateStore, taskctl_env: dict[str, str]
+) -> None:
+    """SIGSTOP past the lease's TTL, another process takes the run over and ends it, SIGCONT."""
+    env = suite_env({**taskctl_env, "PYTEST_TASKCTL_LEASE_TTL": "2"})
+    keys = store.keys("stolen")
+    first = RunningSuite(tmp_path / "first", env, ["a", "b", "c"], ["a"], "stolen")
+    first.start()
+    try:
+        first.wait_started("a")
+        wait_for(lambda: store.get_status("stolen") == "RUNNING")
+        first.signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_for(lambda: not store.gateway.range(keys.lease).kvs, timeout=15)
+        expired_after = time.monotonic() - stopped
+        second = RunningSuite(tmp_path / "second", env, ["a", "b", "c"], [], "stolen").start()
+        assert "3 passed" in second.finish()
+        assert second.returncode == 0
+        taken = store.get_meta("stolen")
+        results = results_of(store, "stolen")
+        assert taken is not None and taken["pid"] == second.process.pid  # type: ignore[union-attr]
+        assert len(results) == 3
+        first.signal(signal.SIGCONT)
+        continued = time.time()
+        first.release("a")
+        output = first.finish()
+    finally:
+        first.kill()
+    assert "3 passed" in output  # the tests themselves are not affected
+    assert expired_after < 6
+    # Nothing of the first process landed after it lost the run: the second's records win.
+    assert store.get_meta("stolen") == taken
+    assert store.get_status("stolen") == "COMPLETED"
+    assert results_of(store, "stolen") == results
+    assert all(float(r["ended"]) < continued for r in results)  # type: ignore[arg-type]
+    assert "run lease lost: another process owns run stolen; this process stops writing" in (
+        first.log_text
+    )
