@@ -135,3 +135,72 @@ def test_a_process_that_lost_its_lease_writes_nothing_more(
     assert "run lease lost: another process owns run stolen; this process stops writing" in (
         first.log_text
     )
+
+
+TASKCTL = Path(sys.executable).parent / "taskctl"
+
+
+def taskctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TASKCTL), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_a_killed_run_reads_interrupted_and_its_flags_do_not_hold_the_next_attempt(
+    tmp_path: Path, store: StateStore, taskctl_env: dict[str, str]
+) -> None:
+    """Pause, then kill -9: INTERRUPTED everywhere within 30 s; --resume is not held."""
+    env = suite_env(taskctl_env)  # the real lease TTL (10 s)
+    names = ["one", "two", "three"]
+    dead = RunningSuite(tmp_path, env, names, ["one"], "dead-1").start()
+    watch = None
+    try:
+        dead.wait_started("one")
+        wait_for(lambda: store.get_status("dead-1") == "RUNNING")
+        assert taskctl("pause", "dead-1", env=taskctl_env).returncode == 0
+        watch = subprocess.Popen(
+            [str(TASKCTL), "watch", "dead-1", "--interval", "0"],
+            env=taskctl_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        dead.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        dead.finish()
+
+        def shown() -> object:
+            shown = taskctl("status", "dead-1", "--json", env=taskctl_env)
+            return json.loads(shown.stdout)["status"] == "INTERRUPTED"
+
+        wait_for(shown, timeout=30, interval=0.5)
+        shown_after = time.monotonic() - killed
+        _, watch_err = watch.communicate(timeout=10)
+        watch_after = time.monotonic() - killed
+    finally:
+        dead.kill()
+        if watch is not None and watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    assert shown_after < 30 and watch_after < 30
+    print(f"dead run shown INTERRUPTED {shown_after:.1f} s after SIGKILL; watch ended")
+    assert watch.returncode == 1
+    assert "run dead-1 is not running (its process died)" in watch_err
+    record = json.loads(taskctl("status", "dead-1", "--json", env=taskctl_env).stdout)
+    assert record["process_died"] is True and record["flags"]["paused"] is True
+    runs = json.loads(taskctl("runs", "--json", env=taskctl_env).stdout)
+    assert [r["status"] for r in runs if r["run_id"] == "dead-1"] == ["INTERRUPTED"]
+    assert store.get_status("dead-1") == "INTERRUPTED"
+    for verb in ("cancel", "pause", "resume"):
+        refused = taskctl(verb, "dead-1", env=taskctl_env)
+        assert refused.returncode == 1, refused.stderr
+        assert "run dead-1 is not running (its process died" in refused.stderr
+    assert not store.check_flag("dead-1", "cancelled")
+
+    # The next attempt is not held by the dead attempt's pause, and writes its end down.
+    again = RunningSuite(tmp_path, env, names, [], "dead-1", ("--resume",)).start()
+    output = again.finish(timeout=60)
+    assert again.returncode == 0, output
+    assert "3 passed" in output
+    assert "cleared paused='1' left over from an earlier attempt of run dead-1" in again.log_text
+    meta = store.get_meta("dead-1")
+    assert meta is not None
+    assert [a["status"] for a in meta["attempts"]] == ["INTERRUPTED", "COMPLETED"]
+    assert store.get_status("dead-1") == "COMPLETED"
