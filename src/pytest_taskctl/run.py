@@ -268,7 +268,14 @@ class TaskRun:
     def end_status(self, session: pytest.Session) -> str:
         """The run's end status, from what happened (:func:`pytest_taskctl.status.end_status`)."""
         cancelled = self.control.cancel_seen or self.control.is_cancelled()
-        if cancelled:
+        # A signal whose KeyboardInterrupt was swallowed, or that came during the
+        # shutdown, still interrupted the run: exit code and status say so alike.
+        ended_by_signal = self.interrupted and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.TESTS_FAILED,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        )
+        if cancelled or ended_by_signal:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         return end_status(
             int(session.exitstatus), cancelled=cancelled, interrupted=self.interrupted
@@ -276,6 +283,7 @@ class TaskRun:
 
     def finish(self, session: pytest.Session) -> None:
         """Let features finish, decide the end status, write it with the final meta; close."""
+        self.signals.shutdown()  # a signal from here on is recorded, not raised into the writes
         self.hook.pytest_taskctl_run_finishing(run=self, session=session)
         status = self.final_status = self.end_status(session)
         counts = self.control.progress()["counts"]
@@ -324,9 +332,9 @@ class TaskRun:
                 log.warning(
                     "span export unfinished after %s s; traces.jsonl is complete", EXPORT_DEADLINE
                 )
-        self.signals.restore()
         self.runlog.stop(max(0.0, deadline - time.monotonic()))
         traceid.activate(None)
+        self.signals.restore()  # last: a signal during the bounded shutdown above is recorded
 
     # -- tests ------------------------------------------------------------------
 
