@@ -14,12 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.gateway import put_op
+from pytest_taskctl.etcd.server import EmbeddedEtcd
 from pytest_taskctl.keys import LONG_NODEID, RunKeys
 
 from .conftest import INNER_INI, wait_for
@@ -430,9 +432,7 @@ def test_attempt_counts_are_exact_with_threads(ptr: pytest.Pytester, store: Stat
 
 
 def test_resume_decides_from_the_latest_result_wherever_recorded(
-    tmp_path: Path,
-    etcd_factory,
-    prefix: str,  # type: ignore[no-untyped-def]
+    tmp_path: Path, etcd_factory: Callable[[], EmbeddedEtcd], prefix: str
 ) -> None:
     """etcd has test_x passed (attempt 1), the local record has it failed later (etcd down)."""
     server = etcd_factory()
