@@ -58,8 +58,14 @@ def run_cli(etcd: EmbeddedEtcd, prefix: str, capsys: pytest.CaptureFixture[str])
 
 
 def seed(store: StateStore, run_id: str, status: str | None, **meta: Any) -> RunKeys:
-    """Write a run the way the plugin does: ``<run>/status`` and ``<run>/meta``."""
+    """Write a run the way the plugin does: ``<run>/status`` and ``<run>/meta``.
+
+    A live run also holds ``<run>/lease`` (60 s): without it, it reads as a dead one.
+    """
     keys = store.keys(run_id)
+    if status in ("RUNNING", "PAUSED"):
+        lease = store.gateway.lease_grant(60)
+        store.gateway.put(keys.lease, json.dumps({"lease": lease}), lease)
     if status is not None:
         store.set_status(run_id, status)
     if meta:

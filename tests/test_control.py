@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,48 @@ def test_signal_ends_run_interrupted_with_logs_flushed(
     assert status_of(etcdctl, prefix) == "INTERRUPTED"
     assert "pytest_sessionfinish: run run-1 INTERRUPTED" in run.log_text
     assert not run.started("two")
+
+
+SLOW_SHUTDOWN = """
+import os, time
+
+def pytest_taskctl_run_finishing(run, session):
+    with open(os.environ["STAMPS"], "a") as f:
+        f.write("finishing\\n")
+    time.sleep(1.5)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("when", ["mid-test", "shutdown"])
+def test_two_signals_20ms_apart_end_interrupted(
+    tmp_path: Path, taskctl_env: dict[str, str], etcdctl: Etcdctl, prefix: str, signum: int,
+    when: str,
+) -> None:  # fmt: skip
+    """GNU ``timeout`` signals the child, then its process group; people press Ctrl-C twice."""
+    gates = ["one"] if when == "mid-test" else []
+    run = RunningSuite(tmp_path, suite_env(taskctl_env), ["one", "two"], gates, "run-1")
+    if when == "shutdown":
+        (tmp_path / "conftest.py").write_text(SLOW_SHUTDOWN)
+    run.start()
+    try:
+        if when == "mid-test":
+            run.wait_started("one")
+        else:
+            wait_for(lambda: "finishing" in run.lines(), timeout=30)
+        run.signal(signum)
+        time.sleep(0.02)
+        run.signal(signum)
+        output = run.finish()
+    finally:
+        run.kill()
+    assert "INTERNALERROR" not in output
+    assert run.returncode == 2, output
+    assert status_of(etcdctl, prefix) == "INTERRUPTED"
+    meta = json.loads(etcdctl.get(f"{prefix}/runs/run-1/meta") or "{}")
+    assert meta["status"] == "INTERRUPTED"
+    assert meta["exit_code"] == run.returncode
+    assert "pytest_sessionfinish: run run-1 INTERRUPTED (exit 2)" in run.log_text
 
 
 def test_xdist_workers_join_the_controllers_run(

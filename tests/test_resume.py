@@ -14,12 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.gateway import put_op
+from pytest_taskctl.etcd.server import EmbeddedEtcd
 from pytest_taskctl.keys import LONG_NODEID, RunKeys
 
 from .conftest import INNER_INI, wait_for
@@ -427,3 +429,39 @@ def test_attempt_counts_are_exact_with_threads(ptr: pytest.Pytester, store: Stat
         {"passed": 72, "failed": 8, "skipped": 0},
         {"passed": 0, "failed": 8, "skipped": 0},
     ]
+
+
+def test_resume_decides_from_the_latest_result_wherever_recorded(
+    tmp_path: Path, etcd_factory: Callable[[], EmbeddedEtcd], prefix: str
+) -> None:
+    """etcd has test_x passed (attempt 1), the local record has it failed later (etcd down)."""
+    server = etcd_factory()
+    (tmp_path / "pytest.ini").write_text(INNER_INI)
+    (tmp_path / "test_stale.py").write_text(
+        "import os\ndef test_x(): assert not os.environ.get('BREAK')\ndef test_y(): pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}
+    env.update(PYTEST_TASKCTL_ETCD=server.endpoint, PYTEST_TASKCTL_PREFIX=prefix)
+
+    def attempt(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
+             "--run-id", "stale", *args],
+            cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    first = attempt()
+    assert first.returncode == 0, first.stdout
+    server.stop()
+    second = attempt(BREAK="1")
+    assert second.returncode == 1, second.stdout
+    assert "etcd unreachable" in second.stdout
+    server.start()
+    third = attempt("--resume")
+    assert "test_stale.py::test_x PASSED" in third.stdout, third.stdout  # it ran again
+    assert "test_stale.py::test_y" not in third.stdout  # passed in both records
+    assert "merged with the local record" in third.stdout
+    assert third.returncode == 0
+    with StateStore(server.endpoint, prefix) as store:
+        meta = meta_of(store, "stale")
+    assert meta["attempt"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.gateway import EtcdUnavailable
 from pytest_taskctl.etcd.lease import Lease
-from pytest_taskctl.etcd.store import RunEnded, UnknownRun
+from pytest_taskctl.etcd.store import RunDied, RunEnded, UnknownRun
 from pytest_taskctl.etcd.watch import WatchedRange
 from pytest_taskctl.etcd.writer import KeyWriter
 from pytest_taskctl.keys import InvalidRunId, flag_is_true
@@ -30,6 +31,13 @@ def test_false_flag_values(store: StateStore, etcdctl: Etcdctl, prefix: str, val
     assert store.check_flag("r1", "paused") is False
 
 
+def hold_lease(store: StateStore, run_id: str) -> int:
+    """Own a run the way the plugin does: ``<run>/lease`` on a lease (60 s, revoke to end)."""
+    lease = store.gateway.lease_grant(60)
+    store.gateway.put(store.keys(run_id).lease, json.dumps({"lease": lease}), lease)
+    return lease
+
+
 def test_missing_flag_is_false(store: StateStore) -> None:
     assert store.check_flag("never-written", "cancelled") is False
 
@@ -37,6 +45,7 @@ def test_missing_flag_is_false(store: StateStore) -> None:
 def test_set_and_clear_flag_are_visible_to_etcdctl(
     store: StateStore, etcdctl: Etcdctl, prefix: str
 ) -> None:
+    hold_lease(store, "r1")
     store.set_status("r1", "RUNNING")
     store.set_flag("r1", "paused")
     assert etcdctl.get(f"{prefix}/runs/r1/paused") == "1"
@@ -107,9 +116,15 @@ def test_wait_for_flag_on_watched_run_uses_local_view(
 
 
 def test_status_round_trip_and_validation(store: StateStore, etcdctl: Etcdctl, prefix: str) -> None:
+    lease = hold_lease(store, "r1")
     store.set_status("r1", "PAUSED")
     assert store.get_status("r1") == "PAUSED"
     assert etcdctl.get(f"{prefix}/runs/r1/status") == "PAUSED"
+    store.gateway.lease_revoke(lease)  # what etcd does when the run's process dies
+    assert store.get_status("r1") == "INTERRUPTED"
+    assert etcdctl.get(f"{prefix}/runs/r1/status") == "PAUSED"  # the key is left as it was
+    with pytest.raises(RunDied, match=r"run r1 is not running \(its process died"):
+        store.set_flag("r1", "paused")
     with pytest.raises(ValueError, match="unknown status 'DONE'"):
         store.set_status("r1", "DONE")
 

@@ -22,6 +22,7 @@ FALSE_VALUES = frozenset({"", "0", "false", "no", "off"})
 FLAG_NAMES = ("paused", "cancelled")
 
 from .status import FINAL_STATUSES as FINAL_STATUSES  # noqa: E402 - re-exported
+from .status import LIVE_STATUSES as LIVE_STATUSES  # noqa: E402 - re-exported
 from .status import STATUSES as STATUSES  # noqa: E402 - re-exported
 
 #: The run-level keys (``<run>/<name>``), in byte order; results and pauses sit below them.

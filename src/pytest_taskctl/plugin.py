@@ -46,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest_log_level=_pytest_file_log_level(config),
         is_worker=is_worker,
         is_controller=bool(getattr(config.option, "numprocesses", None)) and not is_worker,
+        resume=bool(config.option.taskctl_resume),
     )
     run.notify = lambda text: terminal_line(config, text)
     config.add_cleanup(run.close)  # also when sessionfinish never comes

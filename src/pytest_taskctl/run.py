@@ -25,6 +25,7 @@ from .etcd.store import clear_stale_flags
 from .etcd.watch import WatchedRange
 from .etcd.writer import KeyWriter
 from .outcome import TestOutcome
+from .ownership import RunOwnership, RunStillRunning, claim_run
 from .process import process_identity
 from .signals import SigtermInterrupts
 from .status import end_status
@@ -47,8 +48,11 @@ class TaskRun:
         pytest_log_level: int | None = None,
         is_worker: bool = False,
         is_controller: bool = False,
+        resume: bool = False,
     ) -> None:
         self.settings = settings
+        #: ``--resume``: only the wording of a refusal depends on it here.
+        self.resume = resume
         #: ``config.hook``: the run's life cycle hooks reach the features through it.
         self.hook = hook
         #: pytest-xdist: workers run tests (gate, spans, logs); the controller
@@ -58,6 +62,10 @@ class TaskRun:
         self.gateway: EtcdGateway | None = None
         self.view: WatchedRange | None = None
         self.writer: KeyWriter | None = None
+        #: The run's lease (None without etcd, on xdist workers, or when refused).
+        self.ownership: RunOwnership | None = None
+        #: The earlier attempt's status word, as this attempt found it.
+        self.previous_status: str | None = None
         self.etcd_error: str | None = None
         self.etcd_lost_at: float | None = None
         self.writes_landed = True
@@ -92,10 +100,24 @@ class TaskRun:
     def interrupted(self) -> bool:
         return self.keyboard_interrupt or bool(self.signals.received)
 
+    @property
+    def lost_ownership(self) -> bool:
+        """Another process took the run over while ours was stopped: write nothing more."""
+        return self.ownership is not None and self.ownership.lost
+
     # -- session ----------------------------------------------------------------
 
     def start(self, argv: list[str]) -> None:
+        """Take the run id first, then create files and spans; a refused run writes nothing.
+
+        Order matters: connect, own the run (``<run>/lease``; a live owner is a
+        usage error, exit 4), and only then the tracer, ``pytest.log``, the
+        writer and meta -- so a refused process never touches the live run's
+        ``logs/<run_id>/`` files or keys.
+        """
         settings = self.settings
+        self._connect()
+        previous_meta = self._claim()
         self.tracer = RunTracer(
             settings.run_id,
             settings.run_dir / "traces.jsonl",
@@ -113,10 +135,18 @@ class TaskRun:
             log.warning("%s", problem)
         if settings.run_id_generated:
             log.warning("no run id given; generated run id %s", settings.run_id)
-        self._connect()
+        if self.etcd_error:
+            log.warning("%s; pause/cancel disabled for this run", self.etcd_error)
+        if self.gateway is not None:
+            self.writer = KeyWriter(
+                self.gateway,
+                on_connection_change=self._connection.callback("writer"),
+                fence=self.ownership,
+            )
         meta = self._meta(argv)
         try:
-            for fields in self.hook.pytest_taskctl_run_starting(run=self, previous_meta=None):
+            hook = self.hook.pytest_taskctl_run_starting
+            for fields in hook(run=self, previous_meta=previous_meta):
                 meta.update(fields or {})
         except BaseException:
             self.close("INTERRUPTED")
@@ -132,15 +162,36 @@ class TaskRun:
         self.signals.install()
 
     def _connect(self) -> None:
+        """Connect; a failure is told once ``pytest.log`` exists (see :meth:`start`)."""
         try:
             self.gateway = EtcdGateway.connect(self.settings.etcd)
         except EtcdUnavailable as exc:
             self.etcd_error = str(exc)
-            log.warning("%s; pause/cancel disabled for this run", exc)
-            return
-        self.writer = KeyWriter(
-            self.gateway, on_connection_change=self._connection.callback("writer")
-        )
+
+    def _claim(self) -> dict[str, Any] | None:
+        """Own the run id (not on xdist workers: the controller owns it); the previous meta.
+
+        A live owner raises :class:`pytest.UsageError` before anything exists.
+        """
+        if self.gateway is None or self.is_worker:
+            return None
+        try:
+            claim = claim_run(self.gateway, self.settings.keys, resume=self.resume)
+        except RunStillRunning as exc:
+            self._disconnect()
+            raise pytest.UsageError(str(exc)) from None  # exit 4, nothing written
+        except Exception as exc:  # etcd went away right after connecting
+            self._disconnect()
+            self.etcd_error = f"etcd unreachable ({exc})"
+            return None
+        self.ownership = claim.ownership
+        self.previous_status = claim.previous_status
+        return claim.previous_meta
+
+    def _disconnect(self) -> None:
+        if self.gateway is not None:
+            self.gateway.close()
+            self.gateway = None
 
     def _watch_flags(self) -> None:
         """Clear flags left by an ended attempt, then mirror the run's flags locally.
@@ -152,8 +203,9 @@ class TaskRun:
             return
         keys = self.settings.keys
         start, end = keys.control_range
+        taken = self.ownership.revision if self.ownership is not None else None
         try:
-            self.stale_flags = clear_stale_flags(self.gateway, keys)
+            self.stale_flags = clear_stale_flags(self.gateway, keys, taken_over_at=taken)
             initial = self.gateway.range(start, end)
         except Exception as exc:  # etcd went away right after connecting
             self.etcd_error = f"etcd unreachable ({exc})"
@@ -222,7 +274,14 @@ class TaskRun:
     def end_status(self, session: pytest.Session) -> str:
         """The run's end status, from what happened (:func:`pytest_taskctl.status.end_status`)."""
         cancelled = self.control.cancel_seen or self.control.is_cancelled()
-        if cancelled:
+        # A signal whose KeyboardInterrupt was swallowed, or that came during the
+        # shutdown, still interrupted the run: exit code and status say so alike.
+        ended_by_signal = self.interrupted and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.TESTS_FAILED,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        )
+        if cancelled or ended_by_signal:
             session.exitstatus = pytest.ExitCode.INTERRUPTED
         return end_status(
             int(session.exitstatus), cancelled=cancelled, interrupted=self.interrupted
@@ -230,6 +289,7 @@ class TaskRun:
 
     def finish(self, session: pytest.Session) -> None:
         """Let features finish, decide the end status, write it with the final meta; close."""
+        self.signals.shutdown()  # a signal from here on is recorded, not raised into the writes
         self.hook.pytest_taskctl_run_finishing(run=self, session=session)
         status = self.final_status = self.end_status(session)
         counts = self.control.progress()["counts"]
@@ -266,6 +326,8 @@ class TaskRun:
                 log.warning(
                     "etcd did not take the final status/results within %s s", EXPORT_DEADLINE
                 )
+        if self.ownership is not None:
+            self.ownership.release()  # after the last fenced write
         if self.gateway is not None:
             self.gateway.close()
         # Spans and OTel logs share one deadline.
@@ -276,9 +338,9 @@ class TaskRun:
                 log.warning(
                     "span export unfinished after %s s; traces.jsonl is complete", EXPORT_DEADLINE
                 )
-        self.signals.restore()
         self.runlog.stop(max(0.0, deadline - time.monotonic()))
         traceid.activate(None)
+        self.signals.restore()  # last: a signal during the bounded shutdown above is recorded
 
     # -- tests ------------------------------------------------------------------
 

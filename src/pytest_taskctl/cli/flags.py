@@ -1,7 +1,8 @@
 """``taskctl pause``, ``resume`` and ``cancel``: write a run's flag keys, safely.
 
 Each is what ``etcdctl put/del <run>/<flag>`` does, plus the checks a person
-wants: the run exists and has not ended yet.
+wants: the run exists, has not ended yet and its process is alive (its lease
+is held; a killed run's status stays live, see :func:`.views.process_died`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..etcd.store import RunEnded, RunStatusChanging, UnknownRun
+from ..etcd.store import RunDied, RunEnded, RunStatusChanging, UnknownRun
 from .context import EXIT_OK, CommandFailed, Context
 from .views import unknown_run
 
@@ -61,6 +62,8 @@ def apply_flag(ctx: Context, action: FlagAction, run_id: str) -> int:
         before = ctx.store.request_flag(run_id, action.flag, action.set_flag)
     except UnknownRun:
         raise unknown_run(ctx, run_id) from None
+    except RunDied as exc:
+        raise CommandFailed(f"{exc.message}; nothing to {action.verb}") from None
     except RunEnded as exc:
         raise CommandFailed(
             f"run {run_id} already ended ({exc.status}); nothing to {action.verb}"

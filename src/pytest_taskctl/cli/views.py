@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..keys import FINAL_STATUSES, flag_is_true
+from ..keys import FINAL_STATUSES, LIVE_STATUSES, flag_is_true
 from ..records import json_object
 from .context import CommandFailed, Context
 
@@ -34,7 +34,10 @@ def run_record(run_id: str, leaves: Mapping[str, bytes]) -> dict[str, Any]:
 
     ``leaves`` is :meth:`StateStore.run_leaves`: leaf name -> value, missing keys left out.
     ``status`` comes from ``<run>/status`` (the plugin's word), else from meta;
-    times are epoch seconds as the plugin writes them.
+    times are epoch seconds as the plugin writes them. A live status whose
+    ``<run>/lease`` is gone belongs to a process that died without ending
+    (SIGKILL, OOM, a lost machine; the lease expired): it reads ``INTERRUPTED``
+    and ``process_died`` is true (:func:`process_died`).
     """
     meta = json_object(leaves.get("meta")) or {}
     raw_status = leaves.get("status")
@@ -49,9 +52,11 @@ def run_record(run_id: str, leaves: Mapping[str, bytes]) -> dict[str, Any]:
         current = []
     pid = meta.get("pid")
     exit_code = meta.get("exit_code")
+    died = process_died(status, leaves)
     return {
         "run_id": run_id,
-        "status": status or None,
+        "status": "INTERRUPTED" if died else status or None,
+        "process_died": died,
         "counts": {name: _count(counts.get(name)) for name in COUNT_NAMES},
         "started": _number(meta.get("started")),
         "updated": _number(meta.get("updated")),
@@ -73,6 +78,15 @@ def run_record(run_id: str, leaves: Mapping[str, bytes]) -> dict[str, Any]:
         "left": _count(meta.get("left")) if meta.get("left") is not None else None,
         "attempts": _attempts(meta.get("attempts")),
     }
+
+
+def process_died(status: str | None, leaves: Mapping[str, bytes]) -> bool:
+    """A live status without the run's lease: its process died and the lease expired.
+
+    The plugin takes ``<run>/lease`` before it writes any status and revokes
+    it only after the final one, so a live run always has it.
+    """
+    return status in LIVE_STATUSES and "lease" not in leaves
 
 
 def _attempts(value: object) -> list[dict[str, Any]]:

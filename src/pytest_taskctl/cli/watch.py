@@ -193,13 +193,16 @@ class RunView:
             view.stop()
 
     def leaves(self) -> dict[str, bytes]:
-        """The shown run-level keys that exist: name -> value, as :func:`run_record` takes them."""
+        """The run-level keys that exist: name -> value, as :func:`run_record` takes them.
+
+        The lease is in: its expiry is how a run whose process died shows up.
+        """
         values: dict[str, bytes] = {}
         for view in self._views:
             values.update(view.snapshot())
         return {
             name: value
-            for name in RUN_STATE_LEAVES
+            for name in (*RUN_STATE_LEAVES, "lease")
             if (value := values.get(self.keys.flag(name))) is not None
         }
 
@@ -257,6 +260,11 @@ def cmd_watch(ctx: Context) -> int:
                     return EXIT_OK
                 record = run_record(run_id, current)
                 display.show(record)
+                if record["process_died"]:
+                    raise CommandFailed(
+                        f"run {run_id} is not running (its process died): pid {record['pid']} "
+                        f"on {record['host']} stopped renewing its lease"
+                    )
                 if interval:
                     # Coalesce changes for `interval` s, but never hold back the end.
                     view.wait_until(_final, interval)
@@ -265,7 +273,8 @@ def cmd_watch(ctx: Context) -> int:
                     owner = json_object(current.get("meta")) or {}
                     if local_process_dead(owner) and not view.wait_until(_final, LIVENESS_CHECK):
                         raise CommandFailed(
-                            f"run {run_id}: its pytest process (pid {record['pid']} on "
+                            f"run {run_id} is not running (its process died): its pytest "
+                            f"process (pid {record['pid']} on "
                             f"{record['host']}) is gone, but its status is still "
                             f"{record['status']}; it was probably killed"
                         )

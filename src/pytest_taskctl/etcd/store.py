@@ -15,6 +15,7 @@ from ..keys import (
     DEFAULT_PREFIX,
     FINAL_STATUSES,
     FLAG_NAMES,
+    LIVE_STATUSES,
     RUN_LEAVES,
     STATUSES,
     RunKeys,
@@ -40,18 +41,29 @@ from .settings import EtcdSettings, parse_endpoints
 from .watch import WatchedRange
 
 
-def clear_stale_flags(gateway: EtcdGateway, keys: RunKeys) -> list[str]:
+def clear_stale_flags(
+    gateway: EtcdGateway, keys: RunKeys, taken_over_at: int | None = None
+) -> list[str]:
     """Delete ``paused``/``cancelled`` set before the run's last attempt ended.
 
     A flag written before the previous attempt's final status would pause or
     cancel a re-run (``--resume``) the moment it starts. Flags written after
-    that status are a request for the next attempt and stay. Each delete is
-    conditional on the flag's revision, so a flag set meanwhile survives.
+    that status are a request for the next attempt and stay. An attempt that
+    died never wrote a final status: its status is still live, and the new
+    attempt that took its lease over (at revision ``taken_over_at``) clears the
+    flags older than that takeover -- a ``paused`` of the dead attempt must not
+    hold the new one. Each delete is conditional on the flag's revision, so a
+    flag set meanwhile survives.
     """
     status = gateway.range(keys.status).kvs
-    if not status or status[0].text not in FINAL_STATUSES:
+    if not status:
         return []
-    ended_at = status[0].mod_revision
+    if status[0].text in FINAL_STATUSES:
+        ended_at = status[0].mod_revision
+    elif status[0].text.strip() in LIVE_STATUSES and taken_over_at:
+        ended_at = taken_over_at
+    else:
+        return []
     cleared = []
     for name in FLAG_NAMES:
         kvs = gateway.range(keys.flag(name)).kvs
@@ -77,6 +89,15 @@ class RunEnded(RuntimeError):
         super().__init__(f"run {run_id} already ended ({status})")
         self.run_id = run_id
         self.status = status
+
+
+class RunDied(RunEnded):
+    """The run's status is live but its lease expired: its process died without ending."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(run_id, "INTERRUPTED")
+        self.message = f"run {run_id} is not running (its process died; last status {status})"
+        self.args = (self.message,)
 
 
 class RunStatusChanging(RuntimeError):
@@ -188,8 +209,10 @@ class StateStore:
 
         Returns whether the flag was true before. Raises :class:`UnknownRun`
         when no key exists under ``<run>/``, :class:`RunEnded` when its status
-        is final (a flag on an ended run would hold up its next attempt), and
-        :class:`RunStatusChanging` when the status kept changing meanwhile.
+        is final (a flag on an ended run would hold up its next attempt),
+        :class:`RunDied` (a :class:`RunEnded`) when its status is live but its
+        lease is gone, and :class:`RunStatusChanging` when the status kept
+        changing meanwhile.
         """
         return flag_is_true(self._write_flag(run_id, name, "1" if on else None))
 
@@ -209,22 +232,39 @@ class StateStore:
             status = status_kvs[0].text.strip() if status_kvs else None
             if status in FINAL_STATUSES:
                 raise RunEnded(run_id, str(status))
+            lease_kvs = gateway.range(keys.lease).kvs
+            if status in LIVE_STATUSES and not lease_kvs:
+                raise RunDied(run_id, str(status))
             before = gateway.get(flag_key)
-            guard = (
+            guard = [
                 mod_revision_equals(keys.status, status_kvs[0].mod_revision)
                 if status_kvs
-                else key_missing(keys.status)
-            )
+                else key_missing(keys.status),
+                mod_revision_equals(keys.lease, lease_kvs[0].mod_revision)
+                if lease_kvs
+                else key_missing(keys.lease),
+            ]
             op = put_op(flag_key, value) if value is not None else delete_op(flag_key)
-            if gateway.txn([op], compare=[guard]):
+            if gateway.txn([op], compare=guard):
                 return before
         raise RunStatusChanging(f"run {run_id} changed status while a flag was written; retry")
 
     # -- status and metadata ----------------------------------------------------
 
     def get_status(self, run_id: str) -> str | None:
-        value = self.gateway.get(self.keys(run_id).status)
-        return value.decode("utf-8", "replace") if value is not None else None
+        """The run's status word; ``INTERRUPTED`` for a live one whose lease expired.
+
+        The plugin holds ``<run>/lease`` from before its first status to after
+        its last, so a live status without it is a process that died.
+        """
+        leaves = self.run_leaves(run_id)
+        value = leaves.get("status")
+        if value is None:
+            return None
+        status = value.decode("utf-8", "replace")
+        if status.strip() in LIVE_STATUSES and "lease" not in leaves:
+            return "INTERRUPTED"
+        return status
 
     def set_status(self, run_id: str, status: str) -> None:
         if status not in STATUSES:

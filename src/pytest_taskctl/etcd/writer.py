@@ -3,6 +3,10 @@
 etcd3-py costs milliseconds of CPU per call, and that CPU competes with the
 tests for the GIL; so writes leave the caller's thread at once and reach etcd
 in a few transactions a second, however many tests end meanwhile.
+
+A writer may be *fenced* on ownership: each transaction then carries the
+fence's compare clauses (the run's lease key still holds our lease), and a
+process that lost the run has its writes refused by etcd itself.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .gateway import (
     MAX_TXN_OPS,
@@ -28,6 +33,19 @@ log = logging.getLogger("pytest_taskctl.store")
 Value = str | bytes | Callable[[], str | bytes]
 
 
+class Fence(Protocol):
+    """Who may write: the compare clauses every transaction carries, and what a refusal means."""
+
+    def clauses(self) -> list[dict[str, Any]]:
+        """Compare clauses that hold while this process owns what it writes."""
+        ...
+
+    def refused(self) -> bool:
+        """The clauses failed: ``True`` when ownership is lost for good (drop every write),
+        ``False`` when it is being renewed (retry later)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     value: bytes | Callable[[], str | bytes] | None  # None: delete the key
@@ -39,6 +57,10 @@ class _Write:
 def _write(value: Value, lease: int, interval: float = 0.0) -> _Write:
     data = value.encode("utf-8") if isinstance(value, str) else value
     return _Write(data, lease, interval if callable(data) else 0.0)
+
+
+class FencePending(RuntimeError):
+    """A fenced transaction failed while ownership is being renewed: retried."""
 
 
 class KeyWriter:
@@ -58,8 +80,12 @@ class KeyWriter:
         min_interval: float = 0.02,
         max_backoff: float = 1.0,
         on_connection_change: ConnectionCallback | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._gateway = gateway
+        self._fence = fence
+        #: Set once the fence refused us for good: writes are dropped from then on.
+        self.fenced = False
         self._pending: dict[str, _Write] = {}
         #: When each lazy key last left in a transaction (monotonic), for its interval.
         self._written_at: dict[str, float] = {}
@@ -100,6 +126,8 @@ class KeyWriter:
 
     def _queue(self, writes: Mapping[str, _Write]) -> None:
         with self._cond:
+            if self.fenced:
+                return
             self._pending.update(writes)
             self._cond.notify_all()
 
@@ -190,13 +218,25 @@ class KeyWriter:
             ops.append(put_op(key, value, write.lease))
         return ops
 
+    def _drop_all(self) -> None:
+        """Ownership is lost: this batch and every pending or later write are dropped."""
+        with self._cond:
+            self.fenced = True
+            self._pending.clear()
+            self._inflight = 0
+            self._cond.notify_all()
+
     def _run(self) -> None:
         backoff = 0.05
         while (batch := self._take_batch()) is not None:
             try:
                 ops = self._ops(batch)
-                if ops:
-                    self._gateway.txn(ops)
+                fence = self._fence.clauses() if self._fence is not None else None
+                if ops and not self._gateway.txn(ops, fence) and self._fence is not None:
+                    if self._fence.refused():
+                        self._drop_all()
+                        continue
+                    raise FencePending("the fence failed while ownership is renewed")
             except Exception as exc:
                 with self._cond:
                     for key, write in batch:
@@ -204,7 +244,8 @@ class KeyWriter:
                     self._inflight = 0
                     self._cond.notify_all()
                 self.failed_batches += 1
-                self._set_healthy(False, exc)
+                if not isinstance(exc, FencePending):  # etcd answered: not a lost connection
+                    self._set_healthy(False, exc)
                 with self._cond:
                     if not self._closing:
                         self._cond.wait(backoff)

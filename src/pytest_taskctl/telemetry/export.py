@@ -14,6 +14,7 @@ own timeout, and an unreachable collector must not hold the run up.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -142,7 +143,9 @@ class SignalExport:
                 def _count_data(self, data: Any) -> int:
                     return int(data.count)
 
-            return EncodedGrpcExporter(timeout=self.timeout, compression=self._compression())
+            return _build(
+                EncodedGrpcExporter, timeout=self.timeout, compression=self._compression()
+            )
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as HttpExporter,
         )
@@ -155,7 +158,9 @@ class SignalExport:
                 result = self._client.export(data.payload)
                 return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
-        return EncodedHttpExporter(timeout=self.timeout, compression=self._compression_http())
+        return _build(
+            EncodedHttpExporter, timeout=self.timeout, compression=self._compression_http()
+        )
 
     def make_exporter(self) -> Any:
         """The OTLP exporter of this signal, every setting passed explicitly."""
@@ -168,7 +173,7 @@ class SignalExport:
                 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[assignment]
                     OTLPLogExporter as GrpcExporter,
                 )
-            return GrpcExporter(timeout=self.timeout, compression=self._compression())
+            return _build(GrpcExporter, timeout=self.timeout, compression=self._compression())
         if self.signal == "TRACES":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                 OTLPSpanExporter as HttpExporter,
@@ -177,7 +182,47 @@ class SignalExport:
             from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[assignment]
                 OTLPLogExporter as HttpExporter,
             )
-        return HttpExporter(timeout=self.timeout, compression=self._compression_http())
+        return _build(HttpExporter, timeout=self.timeout, compression=self._compression_http())
+
+
+#: Variables an SDK exporter may parse itself although we pass what they set.
+_PARSED_BY_EXPORTERS = ("TIMEOUT", "COMPRESSION")
+
+
+def _build(exporter_class: Any, **settings: Any) -> Any:
+    """Make an SDK exporter; a bad value it parses itself must not crash the run.
+
+    Some exporters read their own ``OTEL_*`` variables from their module's
+    ``environ`` even when the setting is passed (the gRPC log exporter calls
+    ``float()`` on ``OTEL_EXPORTER_OTLP_LOGS_TIMEOUT``). We already reported
+    such a value and decided on a replacement; the exporter is then made once
+    more with its module seeing the environment without those variables --
+    ``os.environ`` itself is never changed.
+    """
+    try:
+        return exporter_class(**settings)
+    except ValueError:
+        module = next(
+            (
+                sys.modules[k.__module__]
+                for k in exporter_class.__mro__
+                if k.__module__.startswith("opentelemetry.")
+                and hasattr(sys.modules.get(k.__module__), "environ")
+            ),
+            None,
+        )
+        if module is None:
+            raise
+        original = module.environ
+        module.environ = {  # type: ignore[attr-defined]
+            name: value
+            for name, value in original.items()
+            if not (name.startswith("OTEL_EXPORTER_OTLP_") and name.endswith(_PARSED_BY_EXPORTERS))
+        }
+        try:
+            return exporter_class(**settings)
+        finally:
+            module.environ = original  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Live pauses on failure and at checkpoints (seed 004): the waiting side and its plugin.
+"""Live pauses on failure and at checkpoints (seed 004): the waiting side.
 
 A pausing test writes ``<run>/pauses/<pause_id>`` (JSON, ``state: pending``)
 and waits -- its fixtures alive, before teardown -- until a person answers
@@ -8,7 +8,8 @@ milliseconds) and looks at the run's cancel flag in the run's watched view.
 
 Each pause record names a lease the pausing process keeps alive while it
 waits: when the process dies, the lease expires and the pause is *stale*.
-Listing and answering pauses, without pytest, is :mod:`pytest_taskctl.pauses`.
+Listing and answering pauses, without pytest, is :mod:`..pauses`; the hooks,
+fixtures and :func:`checkpoint` that reach this service are in :mod:`.plugin`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,15 +26,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 from opentelemetry import trace
 
-from ..control import CANCEL_REASON
-from ..etcd.gateway import EtcdGateway, RangeResult, key_missing, mod_revision_equals, put_op
-from ..etcd.lease import Lease
-from ..etcd.watch import WatchedRange
-from ..process import process_identity
-from .pauses import RESULT_TOKENS, new_pause_id, pause_record, result_token
+from ...control import CANCEL_REASON
+from ...etcd.gateway import EtcdGateway, RangeResult, key_missing, mod_revision_equals, put_op
+from ...etcd.lease import Lease
+from ...etcd.watch import WatchedRange
+from ...process import process_identity
+from ..pauses import RESULT_TOKENS, new_pause_id, pause_record, result_token
 
 if TYPE_CHECKING:
-    from ..run import TaskRun
+    from ...run import TaskRun
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -344,109 +345,3 @@ class LivePauses:
                 f"taskctl: live pause {decision.pause_id} {decision.outcome} after {waited:.1f} s"
                 + (f": {details}" if details else "")
             )
-
-
-SERVICE_KEY = pytest.StashKey[LivePauses]()
-
-
-def checkpoint(task: str, timeout: float | None = None) -> ResumeDecision:
-    """Pause the running test until a person answers ``taskctl decide PAUSE_ID --result ...``.
-
-    Blocks for at most ``timeout`` seconds (default ``--pause-timeout``);
-    with ``--pause-checkpoint-mock`` it answers at once with reason ``Mock``.
-    Check ``decision.outcome``: ``timed_out`` and ``cancelled`` carry no result.
-    """
-    if not isinstance(task, str) or not task.strip():
-        raise ValueError("checkpoint task must not be empty")
-    item = _ACTIVE_ITEM.get()
-    if item is None:
-        raise RuntimeError("checkpoint() can only be used while a pytest test is running")
-    service = item.config.stash.get(SERVICE_KEY, None)
-    if service is None:
-        raise RuntimeError("checkpoint() needs the pytest-taskctl plugin (it is disabled)")
-    return service.checkpoint(item.nodeid, task, timeout)
-
-
-@dataclass
-class LivePause:
-    """The ``live_pause`` fixture: the run id and a checkpoint bound to the test."""
-
-    service: LivePauses
-    item: pytest.Item
-
-    @property
-    def run_id(self) -> str:
-        return self.service.run.settings.run_id
-
-    def checkpoint(self, task: str, timeout: float | None = None) -> ResumeDecision:
-        if not isinstance(task, str) or not task.strip():
-            raise ValueError("checkpoint task must not be empty")
-        return self.service.checkpoint(self.item.nodeid, task, timeout)
-
-
-# -- the plugin -----------------------------------------------------------------------
-
-
-def make_plugin(config: pytest.Config, run: TaskRun) -> object | None:
-    """The plugin object to register for this run, or ``None``."""
-    service = config.stash[SERVICE_KEY] = LivePauses(config, run)
-    return LivePausePlugin(service)
-
-
-class LivePausePlugin:
-    """Hooks and fixtures of live pauses; the work is in :class:`LivePauses`."""
-
-    def __init__(self, service: LivePauses) -> None:
-        self.service = service
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        token = _ACTIVE_ITEM.set(item)
-        try:
-            return (yield)
-        finally:
-            _ACTIVE_ITEM.reset(token)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if report.when == "call" and report.failed and item.config.option.pause_on_failure:
-            decision = self.service.pause(
-                "failure",
-                item.nodeid,
-                FAILURE_TASK,
-                self.service.default_timeout,
-                failure=report.longreprtext,
-            )
-            if decision.failure_reason:
-                report.sections.append(
-                    ("live pause", f"External failure reason: {decision.failure_reason}")
-                )
-        return report
-
-    def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        lines = []
-        if config.option.pause_on_failure:
-            lines.append(
-                f"taskctl: live pause on failure (timeout {self.service.default_timeout:g} s): "
-                "list with `taskctl pauses`, answer with `taskctl decide PAUSE_ID`"
-            )
-        if self.service.mock is not None:
-            lines.append(
-                f"taskctl: checkpoints answered at once: result {self.service.mock}, reason Mock"
-            )
-        return lines
-
-    @pytest.fixture
-    def live_pause(self, request: pytest.FixtureRequest) -> LivePause:
-        """Checkpoints bound to this test: ``live_pause.checkpoint(task=...)``, ``.run_id``."""
-        item = request.node
-        assert isinstance(item, pytest.Item)
-        return LivePause(self.service, item)
-
-    @pytest.fixture
-    def pause_run_id(self, live_pause: LivePause) -> str:
-        """The id of the run, as ``taskctl pauses --run-id`` takes it."""
-        return live_pause.run_id
