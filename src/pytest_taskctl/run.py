@@ -173,8 +173,8 @@ class TaskRun:
 
         A live owner raises :class:`pytest.UsageError` before anything exists.
         """
-        if self.gateway is None or self.is_worker:
-            return None
+        if self.gateway is None or self.is_worker or self.settings.join:
+            return None  # --join: the join feature's membership shares the run instead
         try:
             claim = claim_run(self.gateway, self.settings.keys, resume=self.resume)
         except RunStillRunning as exc:
