@@ -655,7 +655,7 @@ def pytest_terminal_summary(terminalreporter):
         "        raise\n"
     )
     ptr.makepyfile(**{f"test_m{number}": body for number in range(4)})
-    result = ptr.runpytest("--thread", "4", "-p", "no:randomly")
+    result = ptr.runpytest_subprocess("--thread", "4", "-p", "no:randomly")
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(["parses at once: 1"])
     result.stdout.no_fnmatch_line("*INTERNALERROR*")

@@ -290,6 +290,9 @@ class ResumePlugin:
                 self._update_attempt(ended=round(time.time(), 3), status=status)
         self.local.close()
 
+    def pytest_taskctl_run_closing(self, run: TaskRun) -> None:
+        self.local.close()  # normally closed when the run finished; this is the no-session path
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run_id = self.keys.run_id
         if self.nothing_left:
