@@ -350,6 +350,7 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
         settings=settings,
         writer=writer,
         is_worker=False,
+        lost_ownership=False,
         control=SimpleNamespace(meta={}, update_meta=lambda **fields: None),
     )
     plugin = ResumePlugin(SimpleNamespace(option=SimpleNamespace(taskctl_resume=False)), run)  # type: ignore[arg-type]
@@ -377,7 +378,7 @@ def measure_hook(tmp: Path, store: StateStore, count: int) -> str:
         outcome = TestOutcome()
         for report in triple:
             outcome.record(report)
-        plugin._on_test_finished(triple[0].nodeid, outcome)
+        plugin.pytest_taskctl_test_finished(run, triple[0].nodeid, outcome)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
     plugin.local.close()
     landed = writer.close(5.0)
