@@ -24,6 +24,7 @@ def test_pause_holds_next_test_until_resumed(suite, etcdctl: Etcdctl, prefix: st
     wait_for(lambda: status_of(etcdctl, prefix) == "RUNNING")  # written off the test thread
 
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.wait_seen("pause")
     run.release("one")  # the running test is never interrupted by a pause
     wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
     assert run.ended("one")
@@ -49,6 +50,7 @@ def test_cancel_while_paused_skips_the_rest(suite, etcdctl: Etcdctl, prefix: str
     run = suite(["one", "two", "three"], gates=["one"])
     run.wait_started("one")
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.wait_seen("pause")
     run.release("one")
     wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
 
@@ -67,6 +69,7 @@ def test_cancel_mid_run_lets_the_running_test_finish(suite, etcdctl: Etcdctl, pr
     run = suite(["one", "two", "three"], gates=["one"])
     run.wait_started("one")
     etcdctl("put", f"{prefix}/runs/run-1/cancelled", "1")
+    run.wait_seen("cancel")
     run.release("one")
     output = run.finish()
     assert run.returncode == 2, output
@@ -159,6 +162,7 @@ def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str
         # The plugin says when its watch and writer have etcd back (contract: within 2 s).
         wait_for(lambda: "etcd is back" in run.log_text, timeout=10)
         ctl("put", f"{prefix}/runs/lost-1/paused", "1")
+        run.wait_seen("pause")
         run.release("two")
         wait_for(lambda: ctl.get(f"{prefix}/runs/lost-1/status") == "PAUSED", timeout=10)
         assert not run.started("three")
@@ -254,6 +258,7 @@ def test_pause_is_announced_on_the_terminal(suite, etcdctl: Etcdctl, prefix: str
     run = suite(["one", "two"], gates=["one"])
     run.wait_started("one")
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.wait_seen("pause")
     run.release("one")
     wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
     etcdctl("del", f"{prefix}/runs/run-1/paused")
