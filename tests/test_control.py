@@ -145,11 +145,13 @@ def test_etcd_unreachable_at_start_warns_once_and_runs(pytester: pytest.Pytester
     assert (pytester.path / "logs" / "offline" / "pytest.log").exists()
 
 
-def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_etcd_killed_mid_run_then_back(  # type: ignore[no-untyped-def]
+    tmp_path: Path, etcd_factory, prefix: str, taskctl_env: dict[str, str]
+) -> None:
     server = etcd_factory()
     ctl = Etcdctl(server.endpoint)
-    env = suite_env({"PYTEST_TASKCTL_ETCD": server.endpoint, "PYTEST_TASKCTL_PREFIX": prefix,
-                     "PATH": ""})  # fmt: skip
+    # taskctl_env keeps PYTHONPATH: the run must load the plugin under test.
+    env = suite_env({**taskctl_env, "PYTEST_TASKCTL_ETCD": server.endpoint})
     run = RunningSuite(
         tmp_path, env, ["one", "two", "three", "four"], ["one", "two"], "lost-1"
     ).start()

@@ -369,5 +369,10 @@ class WatchedRange:
         self._replace(read)
         with self._cond:
             self._resume_from = read
+            # The stream in use now, which may be newer than the one checked: the
+            # re-sync made its events stale (generation), so it must go too.
+            current = self._stream
         stream.close()
+        if current is not None and current is not stream:
+            current.close()
         self._set_connected(True)
