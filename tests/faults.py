@@ -40,6 +40,8 @@ class _Connection:
         self.client = client
         self.upstream = upstream
         self.closed = False
+        #: Frozen on its own (:meth:`FaultProxy.freeze_open`), whatever the mode.
+        self.frozen = False
         self.threads = [
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True),
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True),
@@ -82,7 +84,8 @@ class FaultProxy:
       each way makes a 1 s round trip);
     * ``freeze``: connections stay open, nothing is closed, no byte moves in
       either direction (new connections are accepted and frozen too); what
-      was held flows on when the mode changes back;
+      was held flows on when the mode changes back (:meth:`freeze_open`
+      freezes only the connections open now, for good);
     * ``drop``: every open connection is closed and new ones are refused
       (the listening socket is closed; it is bound again on the same port
       when the mode changes back).
@@ -151,6 +154,19 @@ class FaultProxy:
     def drop(self) -> FaultProxy:
         return self.set_mode(DROP)
 
+    def freeze_open(self) -> FaultProxy:
+        """Freeze the connections open now, for good; new connections pass.
+
+        What a NAT or proxy that forgot a connection does: the old TCP
+        connection stays open and silent, and no mode change revives it, while
+        a new connection works. A client recovers only by giving it up.
+        """
+        with self._cond:
+            for connection in self._connections:
+                connection.frozen = True
+            self._cond.notify_all()
+        return self
+
     @property
     def open_connections(self) -> int:
         with self._cond:
@@ -216,7 +232,7 @@ class FaultProxy:
             while True:
                 if connection.closed or self._closed:
                     return False
-                if self.mode == FREEZE:
+                if self.mode == FREEZE or connection.frozen:
                     self._cond.wait()
                     continue
                 if self.mode == DELAY:

@@ -3,7 +3,8 @@
 Inner tests append ``start <name>`` / ``end <name>`` to a stamp file, and a
 test named in ``gates`` waits until the outer test releases it -- so the outer
 test can act (pause, cancel, kill etcd) while a known test is in flight,
-without sleeping.
+without sleeping. After writing a flag, wait until the run has taken it in
+(:meth:`RunningSuite.wait_seen`) before releasing a gate.
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ class RunningSuite:
     def wait_started(self, name: str, timeout: float = 20) -> None:
         wait_for(lambda: self.started(name) or self._exited(), timeout)
         assert self.started(name), self.finish(5)
+
+    def wait_seen(self, request: str, count: int = 1, timeout: float = 20) -> None:
+        """Wait until the run took in a flag written to etcd (``pause``, ``resume``, ``cancel``).
+
+        etcdctl returns when etcd has the flag; the run's watch thread gets it
+        a little later (much later on a loaded machine). The plugin logs
+        ``<request> requested through etcd`` once a process's view holds it
+        -- with xdist, once in each process -- and from then on acts on it.
+        Release a gated test only after this, or the next tests may start first.
+        """
+        line = f"{request} requested through etcd"
+        wait_for(lambda: self.log_text.count(line) >= count or self._exited(), timeout)
+        assert self.log_text.count(line) >= count, self.finish(5)
 
     def release(self, name: str) -> None:
         (self.gates / name).touch()

@@ -25,6 +25,7 @@ def test_pause_holds_next_test_until_resumed(suite, etcdctl: Etcdctl, prefix: st
     wait_for(lambda: status_of(etcdctl, prefix) == "RUNNING")  # written off the test thread
 
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.wait_seen("pause")
     run.release("one")  # the running test is never interrupted by a pause
     wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
     assert run.ended("one")
@@ -50,6 +51,7 @@ def test_cancel_while_paused_skips_the_rest(suite, etcdctl: Etcdctl, prefix: str
     run = suite(["one", "two", "three"], gates=["one"])
     run.wait_started("one")
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.wait_seen("pause")
     run.release("one")
     wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
 
@@ -68,6 +70,7 @@ def test_cancel_mid_run_lets_the_running_test_finish(suite, etcdctl: Etcdctl, pr
     run = suite(["one", "two", "three"], gates=["one"])
     run.wait_started("one")
     etcdctl("put", f"{prefix}/runs/run-1/cancelled", "1")
+    run.wait_seen("cancel")
     run.release("one")
     output = run.finish()
     assert run.returncode == 2, output
@@ -143,11 +146,13 @@ def test_etcd_unreachable_at_start_warns_once_and_runs(pytester: pytest.Pytester
     assert (pytester.path / "logs" / "offline" / "pytest.log").exists()
 
 
-def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str) -> None:  # type: ignore[no-untyped-def]
+def test_etcd_killed_mid_run_then_back(  # type: ignore[no-untyped-def]
+    tmp_path: Path, etcd_factory, prefix: str, taskctl_env: dict[str, str]
+) -> None:
     server = etcd_factory()
     ctl = Etcdctl(server.endpoint)
-    env = suite_env({"PYTEST_TASKCTL_ETCD": server.endpoint, "PYTEST_TASKCTL_PREFIX": prefix,
-                     "PATH": ""})  # fmt: skip
+    # taskctl_env keeps PYTHONPATH: the run must load the plugin under test.
+    env = suite_env({**taskctl_env, "PYTEST_TASKCTL_ETCD": server.endpoint})
     run = RunningSuite(
         tmp_path, env, ["one", "two", "three", "four"], ["one", "two"], "lost-1"
     ).start()
@@ -160,6 +165,7 @@ def test_etcd_killed_mid_run_then_back(tmp_path: Path, etcd_factory, prefix: str
         # The plugin says when its watch and writer have etcd back (contract: within 2 s).
         wait_for(lambda: "etcd is back" in run.log_text, timeout=10)
         ctl("put", f"{prefix}/runs/lost-1/paused", "1")
+        run.wait_seen("pause")
         run.release("two")
         wait_for(lambda: ctl.get(f"{prefix}/runs/lost-1/status") == "PAUSED", timeout=10)
         assert not run.started("three")
@@ -297,6 +303,7 @@ def test_pause_is_announced_on_the_terminal(suite, etcdctl: Etcdctl, prefix: str
     run = suite(["one", "two"], gates=["one"])
     run.wait_started("one")
     etcdctl("put", f"{prefix}/runs/run-1/paused", "1")
+    run.wait_seen("pause")
     run.release("one")
     wait_for(lambda: status_of(etcdctl, prefix) == "PAUSED")
     etcdctl("del", f"{prefix}/runs/run-1/paused")

@@ -519,6 +519,7 @@ def test_pause_holds_every_thread_then_resume(
     run.wait_started("one")
     run.wait_started("two")  # both threads busy
     etcdctl("put", f"{prefix}/runs/t-pause/paused", "1")
+    run.wait_seen("pause")
     run.release("one")
     run.release("two")  # running tests are never interrupted
     wait_for(lambda: run.log_text.count("run paused through etcd") == 2)  # both threads
@@ -541,6 +542,7 @@ def test_cancel_skips_the_rest_on_every_thread(
     run.wait_started("one")
     run.wait_started("two")
     etcdctl("put", f"{prefix}/runs/t-cancel/cancelled", "1")
+    run.wait_seen("cancel")
     run.release("one")
     run.release("two")
     output = run.finish()

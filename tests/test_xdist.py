@@ -20,6 +20,10 @@ def status_of(etcdctl: Etcdctl, prefix: str, run_id: str) -> str | None:
     return etcdctl.get(f"{prefix}/runs/{run_id}/status")
 
 
+#: With ``-n 2``: the controller and both workers watch the run's flags, and each
+#: logs when its view takes a flag in.
+WATCHING_PROCESSES = 3
+
 XDIST_SUITE = """
 import logging, pytest
 from pytest_taskctl import get_traceid
@@ -104,6 +108,7 @@ def test_paused_once_every_worker_waits(suite, etcdctl: Etcdctl, prefix: str) ->
     first, second = (line.split()[1] for line in run.lines() if line.startswith("start "))
     wait_for(lambda: status_of(etcdctl, prefix, "xp-1") == "RUNNING")
     etcdctl("put", f"{prefix}/runs/xp-1/paused", "1")
+    run.wait_seen("pause", count=WATCHING_PROCESSES)
     run.release(first)
     wait_for(lambda: run.log_text.count("run paused through etcd") == 1, 20)
     assert status_of(etcdctl, prefix, "xp-1") == "RUNNING", "one worker still runs a test"
@@ -131,6 +136,7 @@ def test_cancel_skips_on_every_worker(suite, etcdctl: Etcdctl, prefix: str) -> N
     run = suite(names, names, "xc-1", "-n", "2")
     wait_for(lambda: sum(line.startswith("start ") for line in run.lines()) == 2, 30)
     etcdctl("put", f"{prefix}/runs/xc-1/cancelled", "1")
+    run.wait_seen("cancel", count=WATCHING_PROCESSES)
     for name in names:
         run.release(name)
     output = run.finish()

@@ -54,6 +54,11 @@ class RunControl:
         self._lock = threading.Lock()
         self._meta_lock = threading.Lock()
         self._stopped = threading.Event()
+        #: (paused, cancelled) as the view last showed them, for :meth:`_flags_changed`.
+        self._flags_seen = (False, False)
+        if view is not None:
+            self._flags_seen = self._flags(view.snapshot())
+            view.add_listener(self._flags_changed)
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +71,25 @@ class RunControl:
             flag_is_true(values.get(self.keys.paused)),
             flag_is_true(values.get(self.keys.cancelled)),
         )
+
+    def _flags_changed(self, changes: Mapping[str, bytes | None], revision: int) -> None:
+        """Log in the run's log when the view takes in a pause, resume or cancel.
+
+        The line is written after the view holds the new value, so from the
+        moment it is in ``pytest.log`` the gate acts on the flag: a person (or a
+        test) that waits for it knows the request arrived, however loaded the
+        machine is. Called on the view's thread.
+        """
+        assert self.view is not None
+        paused, cancelled = self._flags(self.view.snapshot())
+        was_paused, was_cancelled = self._flags_seen
+        self._flags_seen = (paused, cancelled)
+        if paused != was_paused:
+            what = "pause requested" if paused else "resume requested"
+            log.info("%s through etcd (%s) at revision %d", what, self.keys.paused, revision)
+        if cancelled != was_cancelled:
+            what = "cancel requested" if cancelled else "cancel withdrawn"
+            log.info("%s through etcd (%s) at revision %d", what, self.keys.cancelled, revision)
 
     def is_cancelled(self) -> bool:
         if self.view is None:

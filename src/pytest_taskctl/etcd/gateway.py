@@ -6,21 +6,27 @@ dies silently when etcd restarts. So we keep its session, TLS, auth token and
 API-prefix detection, and speak the gateway's JSON directly
 (``call_rpc(..., raw=True)``, about 1.2 ms a call). This module also holds
 the small builders for transaction operations and compare clauses, so every
-caller writes them the same way.
+caller writes them the same way. How a member is reached -- sessions that
+ignore proxy variables, our own version probe -- is in :mod:`.endpoints`.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import sys
 import threading
-import types
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .endpoints import (
+    describe_error,
+    is_connection_failure,
+    make_client,
+    probe_version,
+    replace_session,
+    timeouts,
+)
 from .settings import Endpoint, EtcdSettings
 
 if TYPE_CHECKING:
@@ -131,69 +137,43 @@ def mod_revision_equals(key: str, revision: int) -> dict[str, Any]:
     return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
 
 
-def import_etcd3() -> Any:
-    """Import etcd3-py without its asyncio client.
-
-    ``import etcd3`` pulls in aiohttp for ``AioClient`` (~0.2 s, a third of
-    the plugin's start-up); we use only the synchronous client. The stand-in
-    is removed again, so a later ``import etcd3.aio_client`` gets the real one.
-    """
-    if "etcd3" in sys.modules:
-        return sys.modules["etcd3"]
-    stand_in = None
-    if "aiohttp" not in sys.modules and "etcd3.aio_client" not in sys.modules:
-        stand_in = types.ModuleType("etcd3.aio_client")
-        stand_in.AioClient = None  # type: ignore[attr-defined]
-        sys.modules["etcd3.aio_client"] = stand_in
-    try:
-        with warnings.catch_warnings():
-            # etcd3-py warns (DeprecationWarning) on import and when /version
-            # does not answer; users may run with -W error.
-            warnings.simplefilter("ignore")
-            import etcd3
-    finally:
-        if stand_in is not None and sys.modules.get("etcd3.aio_client") is stand_in:
-            del sys.modules["etcd3.aio_client"]
-    return etcd3
-
-
 class EtcdGateway:
-    """Raw calls to etcd's gRPC-JSON gateway through an etcd3-py client."""
+    """Raw calls to etcd's gRPC-JSON gateway through an etcd3-py client.
 
-    def __init__(self, client: Any, settings: EtcdSettings) -> None:
+    With several endpoints, a call that fails for want of a connection (refused,
+    reset, timed out, a member without leader) moves the gateway to the next
+    member and is tried once more there; with one endpoint it is tried once
+    more on a fresh connection, since a pooled keep-alive connection may have
+    gone silent. :attr:`resets` counts these moves, so a watch made before one
+    knows its stream may be on the abandoned path.
+    """
+
+    def __init__(
+        self, client: Any, settings: EtcdSettings, endpoint: Endpoint | None = None
+    ) -> None:
         self._client = client
         self.settings = settings
+        #: The member in use.
+        self.endpoint = endpoint or Endpoint(client.protocol, client.host, int(client.port))
+        self._version = {"etcdserver": client.server_version, "etcdcluster": client.cluster_version}
         self._auth_lock = threading.Lock()
+        self._switch_lock = threading.Lock()
+        self.resets = 0
 
     @classmethod
     def connect(cls, settings: EtcdSettings) -> EtcdGateway:
         """Connect to the first endpoint that answers; raise :class:`EtcdUnavailable`."""
-        etcd3 = import_etcd3()
         errors = []
         for endpoint in settings.endpoints:
             try:
-                _probe_version(endpoint, settings)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    client = etcd3.Client(
-                        host=endpoint.host,
-                        port=endpoint.port,
-                        protocol=endpoint.scheme,
-                        cert=(settings.cert, settings.key) if settings.cert else (),
-                        verify=settings.cacert or (endpoint.scheme == "https"),
-                        timeout=settings.timeout,
-                        username=settings.user,
-                        password=settings.password,
-                    )
-                # REQUESTS_CA_BUNDLE would otherwise silently replace our CA file.
-                client._session.trust_env = False
-                gateway = cls(client, settings)
+                client = make_client(endpoint, settings, probe_version(endpoint, settings))
+                gateway = cls(client, settings, endpoint)
                 if settings.user:
                     gateway._authenticate()
                 gateway.range("/")  # proves the endpoint, TLS and credentials work
                 return gateway
             except Exception as exc:  # any failure means: this endpoint is unusable
-                errors.append(f"{endpoint.host}:{endpoint.port}: {_describe_error(exc)}")
+                errors.append(f"{endpoint.host}:{endpoint.port}: {describe_error(exc)}")
         raise EtcdUnavailable("etcd unreachable (" + "; ".join(errors) + ")")
 
     def close(self) -> None:
@@ -202,9 +182,10 @@ class EtcdGateway:
     def _authenticate(self) -> None:
         """Get a token; like etcdctl, credentials for a server without auth are no error."""
         with self._auth_lock:
-            self._client.token = None
+            client = self._client
+            client.token = None
             try:
-                response = self._client.call_rpc(
+                response = client.call_rpc(
                     "/auth/authenticate",
                     {"name": self.settings.user, "password": self.settings.password},
                     encode=False,
@@ -214,30 +195,82 @@ class EtcdGateway:
                 if "authentication is not enabled" in str(exc):
                     return
                 raise EtcdUnavailable(f"authentication as {self.settings.user!r} failed") from exc
-            self._client.token = response["token"]
+            client.token = response["token"]
+
+    def _replace_connection(self, failed: Any, error: BaseException) -> None:
+        """After a connection failure on client ``failed``: the next member, or fresh connections.
+
+        Threads that failed on the same client at once move the gateway once.
+        """
+        with self._switch_lock:
+            if self._client is not failed:
+                return  # another thread moved already
+            self.resets += 1
+            endpoints = self.settings.endpoints
+            if len(endpoints) == 1:
+                replace_session(failed, self.settings, self.endpoint)
+                return
+            index = endpoints.index(self.endpoint) if self.endpoint in endpoints else -1
+            following = endpoints[(index + 1) % len(endpoints)]
+            client = make_client(following, self.settings, self._version)
+            client.token = failed.token
+            self._client, previous, self.endpoint = client, self.endpoint, following
+        log.warning(
+            "etcd member %s:%s failed (%s); using %s:%s",
+            previous.host,
+            previous.port,
+            describe_error(error),
+            following.host,
+            following.port,
+        )
+        failed.close()
+
+    def _post(self, method: str, data: Mapping[str, Any], **kwargs: Any) -> Any:
+        """POST through the current member; once more after a connection failure."""
+        client = self._client
+        try:
+            return client.call_rpc(method, dict(data), encode=False, raw=True, **kwargs)
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            self._replace_connection(client, exc)
+        return self._client.call_rpc(method, dict(data), encode=False, raw=True, **kwargs)
 
     def call(self, method: str, data: Mapping[str, Any], timeout: float | None = None) -> Any:
         """POST one RPC and return its decoded JSON; re-authenticate once if the token expired."""
-        kwargs = {"timeout": timeout or self.settings.timeout}
+        kwargs = {"timeout": timeouts(self.settings, timeout)}
         try:
-            return self._client.call_rpc(
-                method, dict(data), encode=False, raw=True, **kwargs
-            ).json()
+            return self._post(method, data, **kwargs).json()
         except Exception as exc:
             if not (self.settings.user and "auth token" in str(exc)):
                 raise
         self._authenticate()
-        return self._client.call_rpc(method, dict(data), encode=False, raw=True, **kwargs).json()
+        return self._post(method, data, **kwargs).json()
 
     # -- key-value --------------------------------------------------------------
 
-    def range(self, key: str, range_end: str | None = None, keys_only: bool = False) -> RangeResult:
+    def range(
+        self,
+        key: str,
+        range_end: str | None = None,
+        keys_only: bool = False,
+        timeout: float | None = None,
+        serializable: bool = False,
+    ) -> RangeResult:
+        """Read a key or range; ``serializable``: the member's own data, no leader needed.
+
+        A serializable read answers while the cluster elects a new leader; a
+        watch from its revision + 1 on the same member delivers every later
+        change, so a view built from it is complete.
+        """
         request: dict[str, Any] = {"key": b64(key)}
         if range_end is not None:
             request["range_end"] = b64(range_end)
         if keys_only:
             request["keys_only"] = True
-        response = self.call("/kv/range", request)
+        if serializable:
+            request["serializable"] = True
+        response = self.call("/kv/range", request, timeout)
         return RangeResult(
             revision=int(response["header"]["revision"]),
             kvs=[key_value(raw) for raw in response.get("kvs", ())],
@@ -299,40 +332,11 @@ class EtcdGateway:
             create["range_end"] = b64(range_end)
         from .watch import WatchStream  # watch.py builds on this module
 
-        response = self._client.call_rpc(
+        resets = self.resets
+        response = self._post(
             "/watch",
             {"create_request": create},
             stream=True,
-            encode=False,
-            raw=True,
-            timeout=(self.settings.timeout, idle_timeout),
+            timeout=timeouts(self.settings, idle_timeout),
         )
-        return WatchStream(response)
-
-
-def _probe_version(endpoint: Endpoint, settings: EtcdSettings) -> None:
-    """GET /version ourselves first: etcd3-py turns a failure into an AttributeError."""
-    import requests
-
-    with requests.Session() as session:
-        session.trust_env = False
-        response = session.get(
-            f"{endpoint}/version",
-            timeout=settings.timeout,
-            verify=settings.cacert or (endpoint.scheme == "https"),
-            cert=(settings.cert, settings.key or "") if settings.cert else None,
-        )
-        response.raise_for_status()
-        if "etcdserver" not in response.json():
-            raise EtcdUnavailable("not an etcd server")
-
-
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "Connection refused" in text or "NewConnectionError" in text:
-        return "connection refused"
-    if "timed out" in text.lower():
-        return "timed out"
-    if "SSL" in text or "certificate" in text.lower():
-        return f"TLS error: {text[:200]}"
-    return text[:200]
+        return WatchStream(response, resets)

@@ -88,7 +88,14 @@ class EtcdSettings:
     key: str | None = None
     user: str | None = None
     password: str | None = field(default=None, repr=False)
-    timeout: float = 2.0
+    #: Seconds to wait for an answer: room for a 1 s round trip on a loaded machine.
+    timeout: float = 3.0
+    #: Seconds to wait for a TCP (and TLS) connection; a dead member is left quickly.
+    connect_timeout: float = 2.0
+    #: A watched view checks every this many seconds that its watch still delivers.
+    liveness_interval: float = 1.0
+    #: ...and gives that check this long to answer before the path counts as silent.
+    liveness_timeout: float = 2.0
 
     def describe(self) -> str:
         """Endpoint list for headers and messages; never shows the password."""
