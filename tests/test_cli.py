@@ -370,6 +370,7 @@ def test_watch_follows_a_real_run_to_its_end(tmp_path: Path, taskctl_env: dict[s
 
         assert taskctl("pause", "watched-1", env=taskctl_env).returncode == 0
         wait_for(lambda: "pause requested" in watch_out.read_text())
+        suite.wait_seen("pause")  # the run took the flag in, not only taskctl watch
         suite.release("one")
         wait_for(lambda: "watched-1 PAUSED: 1 passed" in watch_out.read_text())
         assert taskctl("resume", "watched-1", env=taskctl_env).returncode == 0

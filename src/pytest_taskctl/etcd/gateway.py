@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .endpoints import (
     describe_error,
@@ -28,9 +28,6 @@ from .endpoints import (
     timeouts,
 )
 from .settings import Endpoint, EtcdSettings
-
-if TYPE_CHECKING:
-    from .watch import WatchStream
 
 log = logging.getLogger("pytest_taskctl.store")
 
@@ -324,14 +321,16 @@ class EtcdGateway:
 
     # -- watch ------------------------------------------------------------------
 
-    def watch(
+    def open_watch(
         self, key: str, range_end: str | None, start_revision: int, idle_timeout: float = 60.0
-    ) -> WatchStream:
+    ) -> tuple[Any, int]:
+        """The streaming response of a watch request, and :attr:`resets` when it was made.
+
+        :class:`~.watch.WatchStream` reads it (see :func:`.watch.open_stream`).
+        """
         create: dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision)}
         if range_end is not None:
             create["range_end"] = b64(range_end)
-        from .watch import WatchStream  # watch.py builds on this module
-
         resets = self.resets
         response = self._post(
             "/watch",
@@ -339,4 +338,4 @@ class EtcdGateway:
             stream=True,
             timeout=timeouts(self.settings, idle_timeout),
         )
-        return WatchStream(response, resets)
+        return response, resets

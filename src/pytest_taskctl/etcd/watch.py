@@ -100,6 +100,13 @@ class WatchStream:
 ChangeListener = Callable[[Mapping[str, "bytes | None"], int], None]
 
 
+def open_stream(
+    gateway: EtcdGateway, key: str, range_end: str | None, start_revision: int
+) -> WatchStream:
+    """Watch ``[key, range_end)`` from ``start_revision`` on."""
+    return WatchStream(*gateway.open_watch(key, range_end, start_revision))
+
+
 class WatchedRange:
     """A local copy of a key range kept current by a supervised etcd watch.
 
@@ -281,7 +288,7 @@ class WatchedRange:
                     # the cluster still elects a leader.
                     result = self._gateway.range(self.key, self.range_end, serializable=True)
                     self._replace(result)
-                stream = self._gateway.watch(self.key, self.range_end, result.revision + 1)
+                stream = open_stream(self._gateway, self.key, self.range_end, result.revision + 1)
                 with self._cond:
                     if self._resume_from is not None or self._stopping.is_set():
                         continue  # re-synced meanwhile: watch from the newer read

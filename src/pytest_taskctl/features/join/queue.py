@@ -44,6 +44,7 @@ from ...etcd.gateway import (
     unb64,
     value_equals,
 )
+from ...etcd.watch import open_stream
 from ...records import json_object
 from .claims import Ack, Claim, Held
 from .layout import JoinKeys, dumps, key_exists, range_op
@@ -186,7 +187,7 @@ class WorkQueue:
                 result = self.gateway.range(start, end)
                 self._replace(result)
                 self._reap()
-                self._stream = self.gateway.watch(start, end, result.revision + 1)
+                self._stream = open_stream(self.gateway, start, end, result.revision + 1)
                 backoff = 0.05
                 for _, events in self._stream:
                     self._apply(events)
