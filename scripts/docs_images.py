@@ -15,7 +15,8 @@
    with Chromium.
 
 Writes docs/images/{pytest-failed,taskctl-trace-run,taskctl-trace-test,phoenix-trace}.png.
-``--no-phoenix`` skips steps 1's Phoenix and 3 (the terminal images only).
+``--no-phoenix``: no Phoenix, no step 3 (the three terminal pictures only; pytest's red line then
+shows the bare trace id).
 """
 
 from __future__ import annotations
