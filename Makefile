@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test compat bench lint clean
+.PHONY: demo test compat bench lint clean docs-images
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,17 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/pause_latency.py
 
+# The pictures in docs/images/ (docs/tracing.md, README): the example suite with one failing
+# test, sent over OTLP to Arize Phoenix (installed once from PyPI into .venv-docs, ~850 MB)
+# and screenshotted with headless Chromium (Debian's chromium, apt-get when run as root),
+# plus `taskctl trace` output rendered with rich. About 30 s once both are installed.
+docs-images: $(BIN)/.installed
+	$(BIN)/python scripts/docs_images.py
+
 lint: $(BIN)/.installed
 	$(BIN)/pip install --quiet ruff mypy
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) logs .taskctl .pytest_cache .nox
+	rm -rf $(VENV) .venv-docs logs .taskctl .pytest_cache .nox
