@@ -52,6 +52,20 @@ def import_etcd3() -> Any:
     return etcd3
 
 
+def import_requests() -> Any:
+    """``requests``, imported without leaving its warnings filters in the suite's process.
+
+    ``requests`` and ``urllib3`` add process-wide warnings filters when first
+    imported; a suite that never imports them itself must see the filters
+    it set, not ours.
+    """
+    if "requests" in sys.modules:
+        return sys.modules["requests"]
+    with warnings.catch_warnings():
+        import requests
+    return requests
+
+
 def timeouts(settings: EtcdSettings, read: float | None = None) -> tuple[float, float]:
     """``(connect, read)`` for ``requests``: a slow member is waited for, a dead one is not."""
     return (settings.connect_timeout, read or settings.timeout)
@@ -59,7 +73,7 @@ def timeouts(settings: EtcdSettings, read: float | None = None) -> tuple[float, 
 
 def new_session(settings: EtcdSettings, endpoint: Endpoint) -> Any:
     """A ``requests`` session that ignores proxy and CA variables, with our TLS files."""
-    import requests
+    requests = import_requests()
     from requests.adapters import HTTPAdapter
 
     session = requests.Session()
@@ -144,7 +158,7 @@ def replace_session(client: Any, settings: EtcdSettings, endpoint: Endpoint) -> 
 
 def is_connection_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the member (or the way to it) failed, not the request."""
-    import requests
+    requests = import_requests()
 
     if isinstance(exc, requests.RequestException):
         return not isinstance(exc, requests.HTTPError)
