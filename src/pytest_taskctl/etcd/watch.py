@@ -192,6 +192,12 @@ class WatchedRange:
         """Call ``listener(changes, revision)`` after each change the view takes in."""
         self._listeners.append(listener)
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every full read: a listener can tell a re-sync from an event."""
+        with self._cond:
+            return self._generation
+
     # -- reads ------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:

@@ -30,12 +30,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...etcd.gateway import (
     EtcdGateway,
-    RangeResult,
     delete_op,
     key_missing,
     mod_revision_equals,
@@ -44,7 +43,7 @@ from ...etcd.gateway import (
     unb64,
     value_equals,
 )
-from ...etcd.watch import open_stream
+from ...etcd.watch import WatchedRange
 from ...records import json_object
 from .claims import Ack, Claim, Held
 from .layout import JoinKeys, dumps, key_exists, range_op
@@ -93,18 +92,21 @@ class WorkQueue:
         self._seq = 0
         self._changes = 0
         self._stopping = threading.Event()
-        self._stream: Any = None
+        start, end = keys.queue, prefix_end(keys.queue)
+        self._view = WatchedRange(gateway, start, end)
+        self._view.add_listener(self._on_change)
+        self._seen_generation = 0
         self._acks: deque[Ack] = deque()
         self._unlanded: list[Ack] = []
         self._ack_cond = threading.Condition()
         self.requests = 0  # etcd requests this process made for the queue (benchmark)
         self.claim_txns = 0
         self._threads = [
-            threading.Thread(target=self._watch, name="taskctl-join-watch", daemon=True),
             threading.Thread(target=self._ack_loop, name="taskctl-join-acks", daemon=True),
         ]
 
     def start(self) -> WorkQueue:
+        self._view.start()
         for thread in self._threads:
             thread.start()
         return self
@@ -127,18 +129,6 @@ class WorkQueue:
         with self._cond:
             return self._changes
 
-    def _replace(self, result: RangeResult) -> None:
-        with self._cond:
-            held = dict(self.claims)
-            self.claims, self.done, self.requeued, self.alive = {}, set(), {}, set()
-            for kv in result.kvs:
-                self._put(kv.key, kv.value)
-            lost = set(range(self.next_index)) - self.done - set(self.claims) - set(self.requeued)
-            unknown = Held("", 0, 0)  # claimed and lost while we were not watching
-            self._orphans = {index: held.get(index, unknown) for index in lost}
-            self._changes += 1
-            self._cond.notify_all()
-
     def _put(self, key: str, value: bytes) -> None:
         kind, name = self.keys.parse(key) or ("", "")
         if kind == "next":
@@ -159,10 +149,16 @@ class WorkQueue:
                 self.requeued[index] = deaths
             self._orphans.pop(index, None)
 
-    def _apply(self, events: list[tuple[str, str, bytes]]) -> None:
+    def _on_change(self, changes: Mapping[str, bytes | None], revision: int) -> None:
+        """Fold what the queue's watched view took in; then requeue what a death left.
+
+        After a full read (a re-sync) claims may have come and gone unseen:
+        every index handed out but neither claimed, done nor requeued is an orphan.
+        """
+        generation = self._view.generation
         with self._cond:
-            for kind, key, value in events:
-                if kind != "DELETE":
+            for key, value in changes.items():
+                if value is not None:
                     self._put(key, value)
                     continue
                 what, name = self.keys.parse(key) or ("", "")
@@ -170,41 +166,21 @@ class WorkQueue:
                     self.alive.discard(name)
                 elif what == "requeue":
                     self.requeued.pop(int(name), None)
+                elif what == "done":
+                    self.done.discard(int(name))
                 elif what == "claim":
                     index = int(name)
                     held = self.claims.pop(index, Held("", 0, 0))
                     if index not in self.done and index not in self.requeued:
                         self._orphans[index] = held  # its process's lease expired
+            if generation != self._seen_generation:
+                self._seen_generation = generation
+                lost = set(range(self.next_index)) - self.done - set(self.claims)
+                for index in lost - set(self.requeued) - set(self._orphans):
+                    self._orphans[index] = Held("", 0, 0)  # claimed and lost unseen
             self._changes += 1
             self._cond.notify_all()
-
-    def _watch(self) -> None:
-        """Mirror ``queue/``: read, watch from the next revision, re-read after any break."""
-        backoff = 0.05
-        start, end = self.keys.queue, prefix_end(self.keys.queue)
-        while not self._stopping.is_set():
-            try:
-                result = self.gateway.range(start, end)
-                self._replace(result)
-                self._reap()
-                self._stream = open_stream(self.gateway, start, end, result.revision + 1)
-                backoff = 0.05
-                for _, events in self._stream:
-                    self._apply(events)
-                    self._reap()
-                    if self._stopping.is_set():
-                        break
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                if "Read timed out" not in str(exc):
-                    log.debug("join: queue watch broke: %s", exc)
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, 1.0)
-            finally:
-                if self._stream is not None:
-                    self._stream.close()
-                    self._stream = None
+        self._reap()
 
     # -- requeue ----------------------------------------------------------------
 
@@ -367,9 +343,7 @@ class WorkQueue:
 
     def stop(self) -> None:
         self._stopping.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()
+        self._view.stop()
         with self._ack_cond:
             self._ack_cond.notify_all()
         with self._cond:

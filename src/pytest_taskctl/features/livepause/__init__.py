@@ -1,4 +1,4 @@
-"""Live pauses on failure and at checkpoints (seed 004).
+"""Live pauses on failure and at checkpoints.
 
 :mod:`.service` waits for a person's decision (pause records in etcd, their
 lease, the watch); :mod:`.plugin` holds the hooks, the fixtures and

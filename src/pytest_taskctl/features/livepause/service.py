@@ -1,4 +1,4 @@
-"""Live pauses on failure and at checkpoints (seed 004): the waiting side.
+"""Live pauses on failure and at checkpoints: the waiting side.
 
 A pausing test writes ``<run>/pauses/<pause_id>`` (JSON, ``state: pending``)
 and waits -- its fixtures alive, before teardown -- until a person answers

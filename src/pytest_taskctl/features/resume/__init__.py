@@ -1,4 +1,4 @@
-"""Resume an interrupted run (seed 002).
+"""Resume an interrupted run.
 
 :mod:`.history` holds what earlier attempts left (result records in etcd and
 in the local ``results.jsonl``, attempt entries of the meta) and the rule
