@@ -140,8 +140,6 @@ class LightTracer:
         )
         flags = SAMPLED if decision.decision.is_sampled() else TraceFlags(0)
         context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
-        if not flags.sampled:
-            return trace.NonRecordingSpan(context)
         return self._span(name, context, None, attributes, links)
 
     def start_child(
@@ -155,8 +153,6 @@ class LightTracer:
         context = SpanContext(
             parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags
         )
-        if not parent.trace_flags.sampled:
-            return trace.NonRecordingSpan(context)
         return self._span(name, context, parent, attributes, links)
 
     def _span(
@@ -166,7 +162,10 @@ class LightTracer:
         parent: SpanContext | None,
         attributes: dict[str, Any] | None,
         links: Sequence[Link],
-    ) -> LightSpan:
+    ) -> trace.Span:
+        """Recorded when the trace is sampled; else only carries its context."""
+        if not context.trace_flags.sampled:
+            return trace.NonRecordingSpan(context)
         return LightSpan(
             name, context, parent, attributes, links, self._sink, self._resource, self.scope
         )
