@@ -61,6 +61,7 @@ from _common import (  # noqa: E402
 from pytest_taskctl import StateStore  # noqa: E402
 from pytest_taskctl.etcd.gateway import prefix_end  # noqa: E402
 from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
+from pytest_taskctl.etcd.watch import open_stream  # noqa: E402
 from pytest_taskctl.features.pauses import decide, list_pauses  # noqa: E402
 
 PREFIX = "/bench-decisions"
@@ -232,13 +233,13 @@ def measure_durability(
     results = store.keys(name).results
     arrived: dict[str, float] = {}
     start = store.gateway.range(results, prefix_end(results))
-    stream = store.gateway.watch(results, prefix_end(results), start.revision + 1)
+    stream = open_stream(store.gateway, results, prefix_end(results), start.revision + 1)
 
     def collect() -> None:
         try:
             for _, events in stream:
                 now = time.time()
-                for kind, _key, value in events:
+                for kind, _key, value, *_ in events:
                     if kind != "DELETE" and value:
                         arrived.setdefault(json.loads(value)["nodeid"], now)
         except Exception:

@@ -161,6 +161,8 @@ def test_etcd_killed_mid_run_then_back(  # type: ignore[no-untyped-def]
         server.kill()
         run.release("one")
         run.wait_started("two")  # etcd gone: tests go on
+        # The run notices (a failed write, or the watch's liveness read) and says so once.
+        wait_for(lambda: "lost etcd" in run.log_text, timeout=10)
         server.start()
         # The plugin says when its watch and writer have etcd back (contract: within 2 s).
         wait_for(lambda: "etcd is back" in run.log_text, timeout=10)
