@@ -66,26 +66,19 @@ class TraceLinks:
         #: nodeid -> (FAILED or ERROR, trace id), in the order the failures came in.
         self.failures: dict[str, tuple[str, str | None]] = {}
 
-    def trace_id_of(self, item: pytest.Item) -> str | None:
-        span_token = item.stash.get(self.span_key, None)
-        if span_token is None:
-            return None
-        span = span_token[0]
-        context = span.get_span_context()  # type: ignore[attr-defined]
-        return f"{context.trace_id:032x}"
-
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         # Before the report is made: junitxml reads the teardown report's user_properties,
         # which pytest copies from the item when it makes the report.
-        trace_id = self.trace_id_of(item)
-        if trace_id is not None and self.junit and call.when == "setup":
-            self._record_properties(item, trace_id)
+        # The test's span leaves the stash when its teardown report is made: take it now.
+        span_token = item.stash.get(self.span_key, None)
+        if span_token is not None and self.junit and call.when == "setup":
+            self._record_properties(item, _trace_id(span_token))
         report = yield
-        if trace_id is not None:
-            setattr(report, REPORT_ATTRIBUTE, trace_id)
+        if span_token is not None and report.failed:  # only failures are listed
+            setattr(report, REPORT_ATTRIBUTE, _trace_id(span_token))
         return report
 
     def _record_properties(self, item: pytest.Item, trace_id: str) -> None:
@@ -127,3 +120,8 @@ class TraceLinks:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return [f"taskctl: trace links {self.template}"] if self.template else []
+
+
+def _trace_id(span_token: tuple[object, object]) -> str:
+    context = span_token[0].get_span_context()  # type: ignore[attr-defined]
+    return f"{context.trace_id:032x}"
