@@ -70,6 +70,9 @@ class TaskRun:
         self.etcd_lost_at: float | None = None
         self.writes_landed = True
         self.control = RunControl(settings.keys, None, None)
+        #: Features' per-test meta fields (``RunControl.add_meta_source``), added in
+        #: ``pytest_taskctl_run_starting``: the control they go to is made after it.
+        self.meta_sources: list[Callable[[], Mapping[str, Any]]] = []
         self.tracer: RunTracer | None = None
         self.runlog = RunLog(
             settings.run_dir / "pytest.log",
@@ -152,6 +155,8 @@ class TaskRun:
             self.close("INTERRUPTED")
             raise
         self._watch_flags()
+        for source in self.meta_sources:
+            self.control.add_meta_source(source)
         self.control.start(meta)
         self.runlog.line(
             logging.INFO,
