@@ -65,7 +65,8 @@ def _register_features(config: pytest.Config, run: TaskRun) -> None:
     from . import reports
     from .features import livepause, resume
 
-    links = reports.TraceLinks(run, SPAN_KEY)
+    links_class = reports.ControllerTraceLinks if run.is_controller else reports.TraceLinks
+    links = links_class(run, SPAN_KEY)
     config.pluginmanager.register(links, "taskctl-trace-links")
     run.report_observers.append(links.report_made)
     if getattr(config.option, "xmlpath", None):

@@ -70,9 +70,11 @@ class TraceLinks:
             span_token = item.stash.get(self.span_key, None)
             if span_token is not None:
                 setattr(report, REPORT_ATTRIBUTE, _trace_id(span_token))
+            self.failed(report)
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.failed and report.nodeid not in self.failures:
+    def failed(self, report: pytest.TestReport) -> None:
+        """Remember a failed report for the summary (the first one of each test)."""
+        if report.nodeid not in self.failures:
             word = "FAILED" if report.when == "call" else "ERROR"
             self.failures[report.nodeid] = (word, report_trace_id(report))
 
@@ -99,6 +101,14 @@ class TraceLinks:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return [f"taskctl: trace links {self.template}"] if self.template else []
+
+
+class ControllerTraceLinks(TraceLinks):
+    """On the pytest-xdist controller, which makes no reports: the workers' come here."""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.failed(report)
 
 
 def _trace_id(span_token: tuple[object, object]) -> str:
