@@ -25,11 +25,6 @@ def make_plugin(config: pytest.Config, run: TaskRun) -> object:
             "--join is incompatible with pytest-xdist (-n): start several pytest processes "
             "with --join instead (each claims tests from the run), or drop --join and use -n"
         )
-    if option.taskctl_threads not in (None, 1):
-        raise pytest.UsageError(
-            "--join does not support --thread yet: start one process per core with --join "
-            "instead (each claims tests as it goes), or drop --join"
-        )
     if run.settings.run_id_generated:
         raise pytest.UsageError(
             "--join needs the id the processes share: pass --run-id ID (or set PYTEST_RUN_ID)"
