@@ -429,6 +429,33 @@ def test_cancel_stops_every_thread_of_every_process(
     assert store.get_status("jt-cancel") == "CANCELLED"
 
 
+def test_pause_holds_every_thread_of_every_process_then_resume(
+    ptr: pytest.Pytester, threaded: tuple[Path, dict[str, str]], store: StateStore
+) -> None:
+    stamps, env = threaded
+    env.update(COUNT="15", SLEEP="0.2")
+    processes = [start(ptr.path, env, "jt-pause", *THREADED) for _ in range(2)]
+    workers_key = RunKeys(store.prefix, "jt-pause").workers
+
+    def states() -> set[str]:
+        records = [json.loads(kv.value) for kv in store.gateway.range_prefix(workers_key).kvs]
+        return {r["state"] for r in records} if len(records) == 2 else set()
+
+    try:
+        wait_for(lambda: len(ended(stamps)) >= 4, timeout=30)
+        store.set_flag("jt-pause", "paused")
+        wait_for(lambda: states() == {"PAUSED"}, timeout=15)  # no thread runs a test
+        events = events_of(stamps)
+        assert sum(kind == "S" for kind, *_ in events) == sum(kind == "E" for kind, *_ in events)
+        assert len(ended(stamps)) < 30
+        store.clear_flag("jt-pause", "paused")
+    finally:
+        outcomes = finish(processes)
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert ended(stamps) == Counter(f"{prefix}{n}" for prefix in "sf" for n in range(15))
+    assert store.get_status("jt-pause") == "COMPLETED"
+
+
 def test_resume_of_a_threaded_joined_run_runs_only_what_did_not_pass(
     ptr: pytest.Pytester, threaded: tuple[Path, dict[str, str]], store: StateStore
 ) -> None:

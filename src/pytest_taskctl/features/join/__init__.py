@@ -2,9 +2,11 @@
 
 No coordinator of our own: every process collects, checks its collection
 against the run's plan, and claims tests from a queue in etcd as it goes
-(:mod:`.queue`); processes share the run id through a shared lease
-(:mod:`.membership`). :func:`make_plugin` checks the options that cannot
-be combined with ``--join`` and returns the plugin object.
+(:mod:`.queue`, results landed by :mod:`.acks`); processes share the run id
+through a shared lease (:mod:`.membership`). With ``--thread N`` the group
+runner's threads run what their process claims (:mod:`.threads`).
+:func:`make_plugin` checks the options that cannot be combined with
+``--join`` (pytest-xdist) and returns the plugin object.
 """
 
 from __future__ import annotations
