@@ -21,9 +21,9 @@ claimed first (lowest claim sequence) is the one it was running -- it runs
 its claims in claim order and the rest were only taken ahead -- so only that
 one is charged with the death. A process running tests on several threads
 (``--thread``) cannot say that by order: it marks each claim when its test
-starts (:meth:`WorkQueue.mark_started`), and every test it was running is charged;
-a test charged once runs alone when handed out again, so its second death
-is its own. A test charged ``MAX_DEATHS`` times is not handed out again: it
+starts (:meth:`WorkQueue.mark_started`), and every test it was running is
+charged; a test charged once runs alone when handed out again, so its
+second death is its own. A test charged ``MAX_DEATHS`` times is not handed out again: it
 is recorded as an error, so a test that kills its process cannot take the
 run down one process after another.
 """
@@ -280,8 +280,10 @@ class WorkQueue:
         return []
 
     def _claim_record(self, deaths: int, seq: int = 0, started: bool = False) -> str:
-        """Whose claim, its place in our claim order (we run claims in that order), deaths;
-        on several threads, how many (``t``) and, once the test started, ``r``."""
+        """Whose claim, its place in our claim order (we run claims in that order), deaths.
+
+        On several threads also how many (``t``) and, once its test started, ``r``.
+        """
         if not seq:
             self._seq += 1
         record = {"w": self.worker_id, "s": seq or self._seq, "d": deaths}
