@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -28,16 +28,16 @@ from .claims import Claim
 from .layout import JoinKeys, dumps
 from .membership import Attempt, JoinRefused, Membership, new_worker_id
 from .plan import PlanMismatch, settle_plan
-from .queue import WorkQueue
+from .queue import IDLE_POLL, WorkQueue
+from .threads import ThreadFeed
 from .tracelink import link_session
 
 if TYPE_CHECKING:
     from ...run import TaskRun
+    from ..groups.schedule import Schedule
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-#: How often an idle process looks at the flags while it waits for requeues or the end.
-IDLE_POLL = 0.2
 #: How long the last acknowledgements may take when the process leaves.
 ACK_DEADLINE = 5.0
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
@@ -52,6 +52,7 @@ class JoinPlugin:
         self.resume = bool(config.option.taskctl_resume)
         self.keys = JoinKeys(run.settings.keys)
         self.worker_id = new_worker_id()
+        self.threads = config.option.taskctl_threads or 1
         self.membership: Membership | None = None
         self.attempt: Attempt | None = None
         self.queue: WorkQueue | None = None
@@ -141,6 +142,55 @@ class JoinPlugin:
             return None  # pytest's own loop reports the collection errors
         if session.config.option.collectonly or self.membership is None:
             return None
+        if self.threads > 1 and session.items:
+            return None  # the group runner's threads run them: pytest_taskctl_thread_source
+        self._open_queue(session, 1)
+        pending: deque[tuple[Claim, pytest.Item]] = deque()
+        while True:
+            if not pending:
+                self._refill(pending, wait=True)
+            if not pending:
+                break
+            claim, item = pending.popleft()
+            if not pending:
+                self._refill(pending, wait=False)  # pytest tears fixtures down by nextitem
+            self._running(claim)
+            nextitem = pending[0][1] if pending else None
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            if session.shouldfail:
+                raise session.Failed(session.shouldfail)
+            if session.shouldstop:
+                raise session.Interrupted(session.shouldstop)
+        return True
+
+    def pytest_taskctl_thread_source(
+        self, session: pytest.Session, schedule: Schedule, threads: int
+    ) -> Callable[[], int | None] | None:
+        """``--thread N``: the group runner's threads take the tests this process claims."""
+        if self.membership is None:
+            return None
+        self._open_queue(session, threads)
+        assert self.queue is not None
+        feed = ThreadFeed(
+            self.queue,
+            schedule,
+            threads,
+            started=self._running,
+            stopping=self._stopping,
+            set_state=self._set_state,
+        )
+        return feed.take
+
+    def _stopping(self) -> bool:
+        """Claim nothing more: the run was cancelled or interrupted."""
+        return self.run.control.is_cancelled() or self.run.interrupted
+
+    def _running(self, claim: Claim) -> None:
+        """The claim's test starts: its result is acknowledged against this claim."""
+        self._claims[self.items[claim.index].nodeid] = claim
+
+    def _open_queue(self, session: pytest.Session, threads: int) -> None:
+        """Check the collection against the run's plan and start mirroring the queue."""
         self.items = list(session.items)
         self._settle_plan([item.nodeid for item in self.items])
         assert self.run.gateway is not None and self.attempt is not None
@@ -152,25 +202,8 @@ class JoinPlugin:
             lambda: self.membership.lease_id if self.membership else 0,
             self._give_up_record,
             self._given_up,
+            threads,
         ).start()
-        pending: deque[tuple[Claim, pytest.Item]] = deque()
-        while True:
-            if not pending:
-                self._refill(pending, wait=True)
-            if not pending:
-                break
-            claim, item = pending.popleft()
-            if not pending:
-                self._refill(pending, wait=False)  # pytest tears fixtures down by nextitem
-            self._claims[item.nodeid] = claim
-            nextitem = pending[0][1] if pending else None
-            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-            if session.shouldfail:
-                raise session.Failed(session.shouldfail)
-            if session.shouldstop:
-                raise session.Interrupted(session.shouldstop)
-        session.testsfailed += len(self.given_up)
-        return True
 
     def _settle_plan(self, nodeids: list[str]) -> None:
         assert self.run.gateway is not None and self.attempt is not None
@@ -191,7 +224,7 @@ class JoinPlugin:
         assert queue is not None
         seen = queue.changes
         while True:
-            if self.run.control.is_cancelled() or self.run.interrupted:
+            if self._stopping():
                 return
             claims = queue.claim()
             if claims:
@@ -278,6 +311,8 @@ class JoinPlugin:
     def pytest_taskctl_run_finishing(self, run: TaskRun, session: pytest.Session) -> None:
         if self.deselected and not self.items and session.exitstatus == 5:
             session.exitstatus = pytest.ExitCode.OK  # every test passed in earlier attempts
+        if self.given_up and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # this process recorded the error
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.queue is None:

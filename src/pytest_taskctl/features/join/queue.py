@@ -8,10 +8,10 @@ smaller as the queue empties, as in pytest-xdist's load scheduling, so a
 faster process takes more and the last tests spread out.
 
 A result is written together with ``queue/done/<index>`` and the deletion
-of the claim, in one transaction that compares the claim key's revision
-with the one our claim wrote: a process that was presumed dead (its lease
-expired, its tests requeued) cannot overwrite the result of the process
-that took over. Lease expiry is not proof of death; the fence makes it safe.
+of the claim, fenced on the claim key's revision (:mod:`.acks`): a process
+that was presumed dead (its lease expired, its tests requeued) cannot
+overwrite the result of the process that took over. Lease expiry is not
+proof of death; the fence makes it safe.
 
 Every process mirrors ``queue/`` through a supervised watch. A claim deleted
 without a ``done`` is an orphan (its process's lease expired): the first
@@ -19,17 +19,19 @@ process to requeue it wins a transaction that compares that nothing else
 happened to the index meanwhile. Of a dead process's claims, the one it
 claimed first (lowest claim sequence) is the one it was running -- it runs
 its claims in claim order and the rest were only taken ahead -- so only that
-one is charged with the death. A test charged ``MAX_DEATHS`` times is not
-handed out again: it is recorded as an error, so a test that kills its
-process cannot take the run down one process after another.
+one is charged with the death. A process running tests on several threads
+(``--thread``) cannot say that by order: it marks each claim when its test
+starts (:meth:`WorkQueue.mark_started`), and every test it was running is
+charged; a test charged once runs alone when handed out again, so its
+second death is its own. A test charged ``MAX_DEATHS`` times is not handed out again: it
+is recorded as an error, so a test that kills its process cannot take the
+run down one process after another.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +47,7 @@ from ...etcd.gateway import (
 )
 from ...etcd.watch import WatchedRange
 from ...records import json_object
+from .acks import Acknowledgements
 from .claims import Ack, Claim, Held
 from .layout import JoinKeys, dumps, key_exists, range_op
 
@@ -54,8 +57,8 @@ log = logging.getLogger("pytest_taskctl.plugin")
 MAX_CHUNK = 16
 #: Deaths of its process a test is charged with before it is recorded as an error.
 MAX_DEATHS = 2
-#: Acknowledgements sent in one transaction when several are waiting.
-ACK_BATCH = 32
+#: How often an idle process looks at the flags while it waits for requeues or the end.
+IDLE_POLL = 0.2
 
 
 #: ``(index, deaths) -> (result key, result JSON)`` for a test given up on.
@@ -74,8 +77,10 @@ class WorkQueue:
         lease_id: Callable[[], int],
         give_up: GiveUpRecord,
         on_given_up: Callable[[int, int], None],
+        threads: int = 1,
     ) -> None:
         self.gateway = gateway
+        self.threads = threads
         self.keys = keys
         self.worker_id = worker_id
         self.count = count
@@ -91,24 +96,17 @@ class WorkQueue:
         self._orphans: dict[int, Held] = {}
         self._seq = 0
         self._changes = 0
-        self._stopping = threading.Event()
         start, end = keys.queue, prefix_end(keys.queue)
         self._view = WatchedRange(gateway, start, end)
         self._view.add_listener(self._on_change)
         self._seen_generation = 0
-        self._acks: deque[Ack] = deque()
-        self._unlanded: list[Ack] = []
-        self._ack_cond = threading.Condition()
         self.requests = 0  # etcd requests this process made for the queue (benchmark)
         self.claim_txns = 0
-        self._threads = [
-            threading.Thread(target=self._ack_loop, name="taskctl-join-acks", daemon=True),
-        ]
+        self._acks = Acknowledgements(keys, worker_id, self._txn)
 
     def start(self) -> WorkQueue:
         self._view.start()
-        for thread in self._threads:
-            thread.start()
+        self._acks.start()
         return self
 
     # -- the mirror -------------------------------------------------------------
@@ -144,7 +142,13 @@ class WorkQueue:
             record = json_object(value) or {}
             deaths = int(record.get("d", 0))
             if kind == "claim":
-                self.claims[index] = Held(str(record.get("w")), int(record.get("s", 0)), deaths)
+                self.claims[index] = Held(
+                    str(record.get("w")),
+                    int(record.get("s", 0)),
+                    deaths,
+                    int(record.get("t", 1)),
+                    bool(record.get("r")),
+                )
             else:
                 self.requeued[index] = deaths
             self._orphans.pop(index, None)
@@ -193,7 +197,11 @@ class WorkQueue:
             first = running.get(held.worker, (held.seq, index))
             running[held.worker] = min(first, (held.seq, index))
         for index, held in sorted(orphans.items()):
-            deaths = held.deaths + (running[held.worker] == (held.seq, index))
+            if held.threads > 1:  # it marked what it started: each of those may have killed it
+                charged = held.started
+            else:
+                charged = running[held.worker] == (held.seq, index)
+            deaths = held.deaths + charged
             untouched = [
                 key_missing(self.keys.claim(index)),
                 key_missing(self.keys.done(index)),
@@ -253,7 +261,7 @@ class WorkQueue:
             response = self._txn(ops, [key_exists(self.keys.requeue(index))])
             if response["succeeded"]:
                 self.claim_txns += 1
-                return [Claim(index, int(response["header"]["revision"]), deaths)]
+                return [Claim(index, int(response["header"]["revision"]), deaths, self._seq)]
         while next_index < self.count:
             size = min(self.chunk_size(next_index), self.count - next_index)
             claimed = range(next_index, next_index + size)
@@ -266,87 +274,62 @@ class WorkQueue:
             if response["succeeded"]:
                 self.claim_txns += 1
                 revision = int(response["header"]["revision"])
-                return [Claim(index, revision, 0) for index in claimed]
+                return [Claim(index, revision, 0, self._seq) for index in claimed]
             kvs = response["responses"][0]["response_range"].get("kvs", [])
             next_index = int(unb64(kvs[0].get("value")) or 0) if kvs else self.count
         return []
 
-    def _claim_record(self, deaths: int) -> str:
-        """Whose claim, its place in our claim order (we run claims in that order), deaths."""
-        self._seq += 1
-        return dumps({"w": self.worker_id, "s": self._seq, "d": deaths})
+    def _claim_record(self, deaths: int, seq: int = 0, started: bool = False) -> str:
+        """Whose claim, its place in our claim order (we run claims in that order), deaths.
 
-    # -- acknowledgements ---------------------------------------------------------
+        On several threads also how many (``t``) and, once its test started, ``r``.
+        """
+        if not seq:
+            self._seq += 1
+        record = {"w": self.worker_id, "s": seq or self._seq, "d": deaths}
+        if self.threads > 1:
+            record["t"] = self.threads
+        if started:
+            record["r"] = 1
+        return dumps(record)
+
+    def mark_started(self, claim: Claim) -> Claim | None:
+        """Mark ``claim`` as running (``--thread``); ``None`` when it is no longer ours.
+
+        The mark charges the right tests when this process dies with several
+        running. It rewrites the claim key, fenced like an acknowledgement,
+        which is then fenced on the new revision. Unreachable etcd: run unmarked.
+        """
+        if self.threads <= 1:
+            return claim
+        key = self.keys.claim(claim.index)
+        record = self._claim_record(claim.deaths, claim.seq, started=True)
+        try:
+            response = self._txn(
+                [put_op(key, record, self._lease_id())],
+                [mod_revision_equals(key, claim.revision)],
+            )
+        except Exception as exc:
+            log.debug("join: could not mark test #%d as started: %s", claim.index, exc)
+            return claim
+        if not response["succeeded"]:
+            log.warning("join: test #%d was handed to another process; not run here", claim.index)
+            return None
+        revision = int(response["header"]["revision"])
+        return Claim(claim.index, revision, claim.deaths, claim.seq)
+
+    # -- acknowledgements (:mod:`.acks`) ------------------------------------------
 
     def ack(self, claim: Claim, result_key: str, result: str) -> Ack:
         """Queue the result and acknowledgement of a claimed test (off the test's thread)."""
-        entry = Ack(claim, result_key, result, threading.Event())
-        with self._ack_cond:
-            self._acks.append(entry)
-            self._unlanded = [e for e in self._unlanded if not e.landed.is_set()]
-            self._unlanded.append(entry)
-            self._ack_cond.notify_all()
-        return entry
-
-    def _ack_ops(self, batch: list[Ack]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        ops: list[dict[str, Any]] = []
-        compare: list[dict[str, Any]] = []
-        for entry in batch:
-            index = entry.claim.index
-            compare.append(mod_revision_equals(self.keys.claim(index), entry.claim.revision))
-            done = dumps({"w": self.worker_id})
-            # done before the claim's deletion: watchers see it first and find no orphan.
-            ops += [put_op(self.keys.done(index), done), delete_op(self.keys.claim(index))]
-            ops.append(put_op(entry.result_key, entry.result))
-        return ops, compare
-
-    def _ack_loop(self) -> None:
-        while True:
-            with self._ack_cond:
-                self._ack_cond.wait_for(lambda: bool(self._acks) or self._stopping.is_set())
-                if not self._acks:
-                    return
-                batch = [self._acks.popleft() for _ in range(min(ACK_BATCH, len(self._acks)))]
-            self._send(batch)
-
-    def _send(self, batch: list[Ack]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                if self._txn(*self._ack_ops(batch))["succeeded"]:
-                    break
-                if len(batch) > 1:  # one of them lost its claim: find which, one by one
-                    for entry in batch:
-                        self._send([entry])
-                    return
-                log.warning(
-                    "join: the result of test #%d was not recorded: its claim was handed to "
-                    "another process while this one was away",
-                    batch[0].claim.index,
-                )
-                break
-            except Exception as exc:
-                if self._stopping.is_set():
-                    return
-                log.debug("join: acknowledgement failed, retrying: %s", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        for entry in batch:
-            entry.landed.set()
+        return self._acks.ack(claim, result_key, result)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every queued acknowledgement was sent (or refused by its fence)."""
-        deadline = time.monotonic() + timeout
-        with self._ack_cond:
-            pending = list(self._unlanded)
-        return all(e.landed.wait(max(0.0, deadline - time.monotonic())) for e in pending)
+        return self._acks.flush(timeout)
 
     def stop(self) -> None:
-        self._stopping.set()
         self._view.stop()
-        with self._ack_cond:
-            self._ack_cond.notify_all()
         with self._cond:
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(2.0)
+        self._acks.stop()
