@@ -107,7 +107,11 @@ def test_three_processes_run_each_test_exactly_once(
 def test_fair_share_of_slow_tests(
     ptr: pytest.Pytester, suite: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """3 processes x 45 tests of 0.2 s: close to a third of the 9 s serial time."""
+    """3 processes x 45 tests of 0.2 s: each process runs a fair share.
+
+    The wall time against the serial 9 s is printed, not asserted (a loaded CI
+    machine must not fail it); ``benchmarks/join.py`` measures it.
+    """
     stamps, env = suite
     env.update(COUNT="45", SLEEP="0.2")
     started = time.monotonic()
@@ -122,7 +126,6 @@ def test_fair_share_of_slow_tests(
             f"({wall / serial:.2f}), shares {shares}"
         )
     assert sum(shares) == 45 and min(shares) >= 10, shares
-    assert wall < 0.6 * serial
 
 
 def test_sigkill_mid_test_requeues_and_a_test_that_kills_twice_is_given_up(
