@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from ..etcd.gateway import EtcdUnavailable
+from ..etcd.gateway import EtcdError, EtcdUnavailable
 from ..etcd.settings import SettingError
 from .context import (
     EXIT_FAILED,
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except OSError as exc:  # requests' errors are OSErrors: etcd went away mid-command
+    except OSError as exc:  # every transport error is an OSError: etcd went away mid-command
         ctx.say(_unreachable(ctx, _first_line(exc)))
         return EXIT_FAILED
     except CommandFailed as exc:
@@ -200,10 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except Exception as exc:
-        if type(exc).__module__.startswith("etcd3"):  # etcd answered with an error
-            ctx.say(f"taskctl: etcd refused the request: {_first_line(exc)}")
-            return EXIT_FAILED
-        raise
+    except EtcdError as exc:  # etcd answered with an error
+        ctx.say(f"taskctl: etcd refused the request: {_first_line(exc)}")
+        return EXIT_FAILED
     finally:
         ctx.close()

@@ -1,13 +1,13 @@
-"""Raw calls to etcd's gRPC-JSON gateway, with etcd3-py as the transport only.
+"""Raw calls to etcd's gRPC-JSON gateway: JSON over ``http.client``, nothing in between.
 
-etcd3-py's model layer costs several milliseconds of CPU per call (its
-swagger layer inspects signatures on every request), and its ``Watcher``
-dies silently when etcd restarts. So we keep its session, TLS, auth token and
-API-prefix detection, and speak the gateway's JSON directly
-(``call_rpc(..., raw=True)``, about 1.2 ms a call). This module also holds
-the small builders for transaction operations and compare clauses, so every
-caller writes them the same way. How a member is reached -- sessions that
-ignore proxy variables, our own version probe -- is in :mod:`.endpoints`.
+A client library's model layer costs milliseconds of CPU per call, and
+etcd3-py's ``Watcher`` dies silently when etcd restarts; the gateway's JSON
+is simple enough to speak directly (a put or a one-key range is one small
+POST). This module adds what makes one gateway usable by many threads and
+members: the auth token, failover to the next member, and the small
+builders for transaction operations and compare clauses, so every caller
+writes them the same way. How one member is reached -- connections, TLS,
+our own version probe -- is in :mod:`.member` and :mod:`.endpoints`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .endpoints import (
-    describe_error,
-    is_connection_failure,
-    make_client,
-    probe_version,
-    replace_session,
-    timeouts,
-)
+from .endpoints import EtcdError as EtcdError  # re-exported: etcd refused a request
+from .endpoints import describe_error, is_connection_failure, tls_context
+from .member import JsonStream, MemberClient
 from .settings import Endpoint, EtcdSettings
 
 log = logging.getLogger("pytest_taskctl.store")
@@ -135,7 +130,7 @@ def mod_revision_equals(key: str, revision: int) -> dict[str, Any]:
 
 
 class EtcdGateway:
-    """Raw calls to etcd's gRPC-JSON gateway through an etcd3-py client.
+    """Raw calls to etcd's gRPC-JSON gateway, one member at a time.
 
     With several endpoints, a call that fails for want of a connection (refused,
     reset, timed out, a member without leader) moves the gateway to the next
@@ -146,13 +141,13 @@ class EtcdGateway:
     """
 
     def __init__(
-        self, client: Any, settings: EtcdSettings, endpoint: Endpoint | None = None
+        self, client: MemberClient, settings: EtcdSettings, endpoint: Endpoint | None = None
     ) -> None:
         self._client = client
         self.settings = settings
         #: The member in use.
-        self.endpoint = endpoint or Endpoint(client.protocol, client.host, int(client.port))
-        self._version = {"etcdserver": client.server_version, "etcdcluster": client.cluster_version}
+        self.endpoint = endpoint or client.endpoint
+        self._version = dict(client.version)
         self._auth_lock = threading.Lock()
         self._switch_lock = threading.Lock()
         self.resets = 0
@@ -161,40 +156,53 @@ class EtcdGateway:
     def connect(cls, settings: EtcdSettings) -> EtcdGateway:
         """Connect to the first endpoint that answers; raise :class:`EtcdUnavailable`."""
         errors = []
+        https = any(endpoint.scheme == "https" for endpoint in settings.endpoints)
+        try:
+            context = tls_context(settings) if https else None
+        except (OSError, ValueError) as exc:  # an unreadable CA, cert or key file
+            raise EtcdUnavailable(f"etcd unreachable (TLS files: {describe_error(exc)})") from exc
         for endpoint in settings.endpoints:
+            gateway = None
             try:
-                client = make_client(endpoint, settings, probe_version(endpoint, settings))
-                gateway = cls(client, settings, endpoint)
+                gateway = cls(MemberClient.probe(endpoint, settings, context), settings, endpoint)
                 if settings.user:
                     gateway._authenticate()
                 gateway.range("/")  # proves the endpoint, TLS and credentials work
                 return gateway
             except Exception as exc:  # any failure means: this endpoint is unusable
+                if gateway is not None:
+                    gateway.close()
                 errors.append(f"{endpoint.host}:{endpoint.port}: {describe_error(exc)}")
         raise EtcdUnavailable("etcd unreachable (" + "; ".join(errors) + ")")
 
+    @property
+    def version(self) -> dict[str, str]:
+        """``{"etcdserver": ..., "etcdcluster": ...}`` as the first member answered ``/version``."""
+        return dict(self._version)
+
     def close(self) -> None:
+        """Close the idle connections; streams close with their watches."""
         self._client.close()
 
     def _authenticate(self) -> None:
         """Get a token; like etcdctl, credentials for a server without auth are no error."""
         with self._auth_lock:
             client = self._client
-            client.token = None
             try:
-                response = client.call_rpc(
+                response = client.post(
                     "/auth/authenticate",
                     {"name": self.settings.user, "password": self.settings.password},
-                    encode=False,
-                    raw=True,
-                ).json()
+                    self.settings.timeout,
+                    auth=False,  # an expired token must not ride along
+                )
             except Exception as exc:
+                client.token = None
                 if "authentication is not enabled" in str(exc):
                     return
                 raise EtcdUnavailable(f"authentication as {self.settings.user!r} failed") from exc
             client.token = response["token"]
 
-    def _replace_connection(self, failed: Any, error: BaseException) -> None:
+    def _replace_connection(self, failed: MemberClient, error: BaseException) -> None:
         """After a connection failure on client ``failed``: the next member, or fresh connections.
 
         Threads that failed on the same client at once move the gateway once.
@@ -205,11 +213,11 @@ class EtcdGateway:
             self.resets += 1
             endpoints = self.settings.endpoints
             if len(endpoints) == 1:
-                replace_session(failed, self.settings, self.endpoint)
+                failed.reset()
                 return
             index = endpoints.index(self.endpoint) if self.endpoint in endpoints else -1
             following = endpoints[(index + 1) % len(endpoints)]
-            client = make_client(following, self.settings, self._version)
+            client = MemberClient(following, self.settings, self._version, context=failed.context)
             client.token = failed.token
             self._client, previous, self.endpoint = client, self.endpoint, following
         log.warning(
@@ -222,27 +230,27 @@ class EtcdGateway:
         )
         failed.close()
 
-    def _post(self, method: str, data: Mapping[str, Any], **kwargs: Any) -> Any:
+    def _post(self, method: str, data: Mapping[str, Any], timeout: float) -> Any:
         """POST through the current member; once more after a connection failure."""
         client = self._client
         try:
-            return client.call_rpc(method, dict(data), encode=False, raw=True, **kwargs)
+            return client.post(method, data, timeout)
         except Exception as exc:
             if not is_connection_failure(exc):
                 raise
             self._replace_connection(client, exc)
-        return self._client.call_rpc(method, dict(data), encode=False, raw=True, **kwargs)
+        return self._client.post(method, data, timeout)
 
     def call(self, method: str, data: Mapping[str, Any], timeout: float | None = None) -> Any:
         """POST one RPC and return its decoded JSON; re-authenticate once if the token expired."""
-        kwargs = {"timeout": timeouts(self.settings, timeout)}
+        read_timeout = timeout or self.settings.timeout
         try:
-            return self._post(method, data, **kwargs).json()
+            return self._post(method, data, read_timeout)
         except Exception as exc:
             if not (self.settings.user and "auth token" in str(exc)):
                 raise
         self._authenticate()
-        return self._post(method, data, **kwargs).json()
+        return self._post(method, data, read_timeout)
 
     # -- key-value --------------------------------------------------------------
 
@@ -323,19 +331,22 @@ class EtcdGateway:
 
     def open_watch(
         self, key: str, range_end: str | None, start_revision: int, idle_timeout: float = 60.0
-    ) -> tuple[Any, int]:
-        """The streaming response of a watch request, and :attr:`resets` when it was made.
+    ) -> tuple[JsonStream, int]:
+        """The messages of a watch request, and :attr:`resets` when it was made.
 
-        :class:`~.watch.WatchStream` reads it (see :func:`.watch.open_stream`).
+        :class:`~.watch.WatchStream` reads them (see :func:`.watch.open_stream`).
+        A stream silent for ``idle_timeout`` seconds raises on its next read.
         """
         create: dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision)}
         if range_end is not None:
             create["range_end"] = b64(range_end)
         resets = self.resets
-        response = self._post(
-            "/watch",
-            {"create_request": create},
-            stream=True,
-            timeout=timeouts(self.settings, idle_timeout),
-        )
-        return response, resets
+        request = {"create_request": create}
+        client = self._client
+        try:
+            return client.stream("/watch", request, idle_timeout), resets
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            self._replace_connection(client, exc)
+        return self._client.stream("/watch", request, idle_timeout), resets

@@ -1,23 +1,20 @@
 """Watching etcd: one watch stream, and a key range mirrored locally under supervision.
 
-etcd3-py's own ``Watcher`` ends silently when etcd goes away (SIGKILL: the
-reconnect raises and its thread dies; SIGTERM: an error chunk without
-``code`` makes it raise ``KeyError``), and no event arrives after etcd is
-back. :class:`WatchedRange` supervises the watch itself: read at revision R,
-watch from R+1, and after any error re-read and re-watch, so readers never
-touch the network and no change is missed.
+A watch stream ends when etcd goes away (SIGKILL: the connection breaks;
+SIGTERM: etcd sends an error message without ``code`` first), and nothing
+re-creates it by itself -- client libraries that try (etcd3-py's
+``Watcher``) die silently on exactly these two. :class:`WatchedRange`
+supervises the watch itself: read at revision R, watch from R+1, and after
+any error re-read and re-watch, so readers never touch the network and no
+change is missed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from .gateway import (
     ConnectionCallback,
@@ -26,6 +23,7 @@ from .gateway import (
     key_value,
     report_connection,
 )
+from .member import JsonStream
 
 log = logging.getLogger("pytest_taskctl.store")
 
@@ -53,23 +51,21 @@ class WatchStream:
     connection the gateway gave up on.
     """
 
-    def __init__(self, response: Any, resets: int = 0) -> None:
-        self._response = response
+    def __init__(self, messages: JsonStream, resets: int = 0) -> None:
+        self._messages = messages
         self.resets = resets
         self.closed = False
 
     def __iter__(self) -> Iterator[tuple[int, list[Event]]]:
         """Yield ``(revision, [(type, key, value, mod_revision), ...])`` for each response."""
-        from etcd3.client import iter_response
-
-        for chunk in iter_response(self._response):
-            if not chunk:
+        for message in self._messages:
+            if not isinstance(message, dict):
                 continue
-            message = json.loads(chunk)
             if "error" in message:
-                # etcd sends an error chunk without "code" when it shuts down;
-                # etcd3-py's own Watcher dies on that with a KeyError.
-                raise WatchCancelled(str(message["error"].get("message", message["error"])))
+                # etcd sends an error message without "code" when it shuts down.
+                error = message["error"]
+                text = error.get("message", error) if isinstance(error, dict) else error
+                raise WatchCancelled(str(text))
             result = message.get("result", message)
             if int(result.get("compact_revision", 0) or 0):
                 raise WatchCompacted(f"revisions up to {result['compact_revision']} were compacted")
@@ -83,16 +79,9 @@ class WatchStream:
             yield revision, events
 
     def close(self) -> None:
-        """Unblock a reader in another thread by shutting the socket down."""
+        """Unblock a reader in another thread; the stream's connection is closed."""
         self.closed = True
-        try:
-            fileno = self._response.raw._fp.fileno()
-            with socket.fromfd(fileno, socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.shutdown(socket.SHUT_RDWR)
-        except Exception:  # already closed, or not a socket we can reach
-            pass
-        with contextlib.suppress(Exception):
-            self._response.close()
+        self._messages.close()
 
 
 #: Told ``(changes, revision)`` after the view changed: each changed key's new value

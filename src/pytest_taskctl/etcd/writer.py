@@ -1,8 +1,8 @@
 """The one batching writer: every write the plugin makes to etcd goes through a :class:`KeyWriter`.
 
-etcd3-py costs milliseconds of CPU per call, and that CPU competes with the
-tests for the GIL; so writes leave the caller's thread at once and reach etcd
-in a few transactions a second, however many tests end meanwhile.
+Every etcd call is a round trip plus HTTP and JSON work on the GIL, which
+competes with the tests; so writes leave the caller's thread at once and
+reach etcd in a few transactions a second, however many tests end meanwhile.
 
 A writer may be *fenced* on ownership: each transaction then carries the
 fence's compare clauses (the run's lease key still holds our lease), and a

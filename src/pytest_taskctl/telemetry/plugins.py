@@ -41,6 +41,6 @@ def register(
     if settings.http:
         from .http import HttpPlugin
 
-        # The plugin's own etcd traffic (requests underneath) is not the suite's.
+        # Calls to the run's etcd are the plugin's business, not the suite's.
         own = tuple(f"{e.host}:{e.port}" for e in settings.etcd.endpoints)
         pluginmanager.register(HttpPlugin(run.tracer_provider, own), "taskctl-http")
