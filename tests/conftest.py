@@ -18,10 +18,9 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import etcd3  # noqa: F401 - imported once here so pytester's in-process runs share it
 import grpc
 import pytest
-import requests  # noqa: F401 - same reason: in-process runs must not re-import it
+import requests  # noqa: F401 - imported once here so pytester's in-process runs share it
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
