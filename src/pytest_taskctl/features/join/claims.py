@@ -1,17 +1,37 @@
-"""What the queue hands out and acknowledges: a claim, as held and as acknowledged."""
+"""What the queue hands out, and how a claim is acknowledged.
+
+An acknowledgement writes the test's result, ``queue/done/<index>`` and the
+deletion of the claim together, guarded by the claim key still being the one
+our claim wrote: a process that was presumed dead (stopped past its lease,
+its claims handed to others) cannot overwrite the result of the process that
+took over. It leaves through the run's one
+:class:`~pytest_taskctl.etcd.writer.KeyWriter` as a guarded write, so several
+share a transaction and a refused one refuses only itself.
+"""
 
 from __future__ import annotations
 
-import threading
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from ...etcd.gateway import mod_revision_equals
+from ...etcd.guarded import GuardedWrite
+from ...etcd.writer import KeyWriter
+from ...records import json_object
+from .layout import JoinKeys, dumps
+
+log = logging.getLogger("pytest_taskctl.plugin")
 
 
 @dataclass(frozen=True)
 class Claim:
     index: int
-    #: The claim key's mod revision: acknowledgements are fenced on it.
+    #: The claim key's mod revision: acknowledgements are guarded by it.
     revision: int
     deaths: int
+    #: The lease it was claimed under: a claim does not outlive it.
+    lease: int = 0
 
 
 @dataclass(frozen=True)
@@ -23,9 +43,43 @@ class Held:
     deaths: int
 
 
-@dataclass
-class Ack:
-    claim: Claim
-    result_key: str
-    result: str
-    landed: threading.Event
+def acknowledge(
+    writer: KeyWriter,
+    keys: JoinKeys,
+    worker_id: str,
+    claim: Claim,
+    result: tuple[str, str],
+    on_refused: Callable[[], None] | None = None,
+) -> GuardedWrite:
+    """Queue ``result`` (key, JSON) with the claim's acknowledgement, off the test's thread.
+
+    ``on_refused`` is called (on the writer's thread) when the claim was no
+    longer ours, so the result was not recorded. A refusal whose ``done``
+    names us is our own earlier try, sent again after its answer was lost.
+    """
+    index = claim.index
+    done_key = keys.done(index)
+
+    def settled(write: GuardedWrite) -> None:
+        if write.written is not False:
+            return
+        done = json_object(write.found.get(done_key)) or {}
+        if done.get("w") == worker_id and "gave_up" not in done:
+            return  # landed on the first try
+        log.warning(
+            "join: the result of test #%d was not recorded: its claim was handed to another "
+            "process while this one was away (done by: %s)",
+            index,
+            done.get("w", "nobody yet"),
+        )
+        if on_refused is not None:
+            on_refused()
+
+    # done before the claim's deletion: watchers see it first and find no orphan.
+    writes = {done_key: dumps({"w": worker_id}), keys.claim(index): None, result[0]: result[1]}
+    return writer.write_guarded(
+        [mod_revision_equals(keys.claim(index), claim.revision)],
+        writes,
+        reads=(done_key,),
+        on_done=settled,
+    )

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ...etcd.gateway import prefix_end, put_op
+from ...etcd.gateway import prefix_end
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
 from ...process import process_identity
 from ...records import json_object
 from ..resume import passed_identities, result_record
 from .claims import Claim
+from .ending import end_run
 from .layout import JoinKeys, dumps
 from .membership import Attempt, JoinRefused, Membership, new_worker_id
 from .plan import PlanMismatch, settle_plan
@@ -40,7 +41,6 @@ log = logging.getLogger("pytest_taskctl.plugin")
 IDLE_POLL = 0.2
 #: How long the last acknowledgements may take when the process leaves.
 ACK_DEADLINE = 5.0
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
 
 
 class JoinPlugin:
@@ -62,6 +62,8 @@ class JoinPlugin:
         self.deselected = 0
         self.counts = {"passed": 0, "failed": 0, "skipped": 0}
         self.given_up: list[str] = []
+        #: Tests this process ran whose results were refused: others had taken them over.
+        self.discarded: list[str] = []
         self.state = "STARTING"
         self.started = time.time()
         self._lock = threading.Lock()
@@ -144,22 +146,30 @@ class JoinPlugin:
         self.items = list(session.items)
         self._settle_plan([item.nodeid for item in self.items])
         assert self.run.gateway is not None and self.attempt is not None
+        assert self.run.writer is not None  # made with the gateway
         self.queue = WorkQueue(
             self.run.gateway,
             self.keys,
             self.worker_id,
             len(self.items),
-            lambda: self.membership.lease_id if self.membership else 0,
+            lambda: self.membership.lease if self.membership else None,
             self._give_up_record,
             self._given_up,
+            self.run.writer,
         ).start()
         pending: deque[tuple[Claim, pytest.Item]] = deque()
+        nextitem: pytest.Item | None = None
         while True:
             if not pending:
                 self._refill(pending, wait=True)
             if not pending:
                 break
             claim, item = pending.popleft()
+            if not self.queue.still_ours(claim):
+                log.warning("join: %s went to another process while we were away", item.nodeid)
+                continue
+            if nextitem is not None and nextitem is not item:
+                _tear_down_for(session, item)  # the item announced as next was dropped
             if not pending:
                 self._refill(pending, wait=False)  # pytest tears fixtures down by nextitem
             self._claims[item.nodeid] = claim
@@ -214,7 +224,19 @@ class JoinPlugin:
             return
         record = result_record(nodeid, outcome, self.attempt.number)
         record["worker"] = self.worker_id
-        self.queue.ack(claim, self.keys.run.result(nodeid), json.dumps(record, ensure_ascii=False))
+        self.queue.ack(
+            claim,
+            self.keys.run.result(nodeid),
+            json.dumps(record, ensure_ascii=False),
+            lambda: self._discard(nodeid, outcome.counter),
+        )
+
+    def _discard(self, nodeid: str, counter: str) -> None:
+        """Our result was refused (another process ran the test meanwhile): theirs counts."""
+        with self._lock:
+            self.counts[counter] -= 1
+            self.discarded.append(nodeid)
+        self._publish_now()
 
     def _give_up_record(self, index: int, deaths: int) -> tuple[str, str]:
         nodeid = self.items[index].nodeid
@@ -263,10 +285,14 @@ class JoinPlugin:
             }
         )
 
-    def _publish(self) -> None:
+    def _publish(self, interval: float = 0.5) -> None:
         writer = self.run.writer
         if writer is not None:
-            writer.put_lazy(self.keys.worker(self.worker_id), self._worker_json, interval=0.5)
+            writer.put_lazy(self.keys.worker(self.worker_id), self._worker_json, interval=interval)
+
+    def _publish_now(self) -> None:
+        """The record with the next batch."""
+        self._publish(interval=0.0)
 
     def _beat(self) -> None:
         """Republish now and then: a pause holds the loop, and the record says PAUSED."""
@@ -282,11 +308,17 @@ class JoinPlugin:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.queue is None:
             return
-        ran = sum(self.counts.values())
+        ran = sum(self.counts.values()) + len(self.discarded)
         terminalreporter.write_line(
             f"taskctl: join: this process ran {ran} of the run's {self.queue.count} tests "
             f"({self.queue.claim_txns} claims) as {self.worker_id}"
         )
+        if self.discarded:
+            terminalreporter.write_line(
+                f"taskctl: join: {len(self.discarded)} result(s) of this process were not "
+                "recorded: another process ran those tests while this one was stopped past "
+                "its lease (theirs count): " + ", ".join(self.discarded)
+            )
 
     def pytest_taskctl_run_closing(self, run: TaskRun) -> None:
         """Land the last results, leave; the last process out writes the run's end status."""
@@ -294,7 +326,7 @@ class JoinPlugin:
         if self.membership is None:
             return
         queue = self.queue
-        if queue is not None and not queue.flush(ACK_DEADLINE):
+        if run.writer is not None and not run.writer.flush(ACK_DEADLINE):
             log.warning("join: the last results did not reach etcd within %s s", ACK_DEADLINE)
         self.state = run.final_status or "INTERRUPTED"
         gateway = run.gateway
@@ -309,35 +341,22 @@ class JoinPlugin:
             queue.stop()
         if last and gateway is not None:
             try:
-                self._end_run(run, finished)
+                cancelled = run.control.cancel_seen or run.control.is_cancelled()
+                end_run(
+                    gateway, self.keys, int(self.plan.get("count", 0) or 0), cancelled, finished
+                )
             except Exception as exc:
                 log.warning("join: could not write the run's end status: %s", exc)
 
-    def _end_run(self, run: TaskRun, finished: bool) -> None:
-        """The run's status and meta from every process's record; written by the last one out."""
-        assert run.gateway is not None
-        workers = [
-            json_object(kv.value) or {}
-            for kv in run.gateway.range_prefix(self.keys.run.workers).kvs
-        ]
-        counts = {name: 0 for name in self.counts}
-        for worker in workers:
-            for name in counts:
-                counts[name] += int((worker.get("counts") or {}).get(name, 0))
-        if run.control.cancel_seen or run.control.is_cancelled():
-            status = "CANCELLED"
-        elif not finished:
-            status = "INTERRUPTED"
-        else:
-            status = "FAILED" if counts["failed"] else "COMPLETED"
-        meta = json_object(run.gateway.get(self.keys.run.meta)) or {}
-        total = int(self.plan.get("count", 0) or 0)
-        meta.update(
-            status=status,
-            ended=time.time(),
-            workers=len(workers),
-            counts={**counts, "total": total, "remaining": max(0, total - sum(counts.values()))},
-        )
-        run.gateway.txn(
-            [put_op(self.keys.run.meta, dumps(meta)), put_op(self.keys.run.status, status)]
-        )
+
+def _tear_down_for(session: pytest.Session, item: pytest.Item) -> None:
+    """Tear down what pytest kept for an announced next item that will not run here.
+
+    pytest keeps the fixtures the ``nextitem`` it was told shares with the
+    test that ended; when that item was dropped (another process runs it),
+    the item run instead may not need them, and pytest's setup asserts so.
+    """
+    try:
+        session._setupstate.teardown_exact(item)
+    except Exception as exc:
+        log.warning("join: a teardown before %s failed: %s", item.nodeid, exc)

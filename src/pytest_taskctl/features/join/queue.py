@@ -1,4 +1,4 @@
-"""The shared queue of a joined run: claims in chunks, fenced acknowledgements, requeues.
+"""The shared queue of a joined run: claims in chunks, guarded acknowledgements, requeues.
 
 Tests are named by their index in the plan. A process claims a chunk of
 indexes with one transaction that moves ``queue/next`` (compared on its
@@ -7,11 +7,17 @@ value, so two processes never take the same index) and writes one
 smaller as the queue empties, as in pytest-xdist's load scheduling, so a
 faster process takes more and the last tests spread out.
 
-A result is written together with ``queue/done/<index>`` and the deletion
-of the claim, in one transaction that compares the claim key's revision
-with the one our claim wrote: a process that was presumed dead (its lease
-expired, its tests requeued) cannot overwrite the result of the process
-that took over. Lease expiry is not proof of death; the fence makes it safe.
+A result is written with ``queue/done/<index>`` and the deletion of the
+claim, guarded by the claim (:func:`.claims.acknowledge`): lease expiry is
+not proof of death, and a process presumed dead cannot overwrite the result
+of the one that took over. Claims taken ahead are checked before they run
+(:meth:`WorkQueue.still_ours`): a process stopped past its lease finds them
+handed to others and drops them.
+
+A claim whose response was lost (the member in use died after committing
+it) is retried by the gateway on the next member and then fails its
+compare; its failure branch reads the claim key back, and a claim that
+names us with the sequence number we just used is ours after all.
 
 Every process mirrors ``queue/`` through a supervised watch. A claim deleted
 without a ``done`` is an orphan (its process's lease expired): the first
@@ -28,8 +34,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,15 +41,17 @@ from ...etcd.gateway import (
     EtcdGateway,
     delete_op,
     key_missing,
-    mod_revision_equals,
     prefix_end,
     put_op,
     unb64,
     value_equals,
 )
+from ...etcd.guarded import GuardedWrite
+from ...etcd.lease import Lease
 from ...etcd.watch import WatchedRange
+from ...etcd.writer import KeyWriter
 from ...records import json_object
-from .claims import Ack, Claim, Held
+from .claims import Claim, Held, acknowledge
 from .layout import JoinKeys, dumps, key_exists, range_op
 
 log = logging.getLogger("pytest_taskctl.plugin")
@@ -54,8 +60,6 @@ log = logging.getLogger("pytest_taskctl.plugin")
 MAX_CHUNK = 16
 #: Deaths of its process a test is charged with before it is recorded as an error.
 MAX_DEATHS = 2
-#: Acknowledgements sent in one transaction when several are waiting.
-ACK_BATCH = 32
 
 
 #: ``(index, deaths) -> (result key, result JSON)`` for a test given up on.
@@ -71,15 +75,17 @@ class WorkQueue:
         keys: JoinKeys,
         worker_id: str,
         count: int,
-        lease_id: Callable[[], int],
+        lease: Callable[[], Lease | None],
         give_up: GiveUpRecord,
         on_given_up: Callable[[int, int], None],
+        writer: KeyWriter,
     ) -> None:
         self.gateway = gateway
         self.keys = keys
         self.worker_id = worker_id
         self.count = count
-        self._lease_id = lease_id
+        self._lease = lease
+        self.writer = writer
         self._give_up = give_up
         self._on_given_up = on_given_up
         self._cond = threading.Condition()
@@ -96,19 +102,12 @@ class WorkQueue:
         self._view = WatchedRange(gateway, start, end)
         self._view.add_listener(self._on_change)
         self._seen_generation = 0
-        self._acks: deque[Ack] = deque()
-        self._unlanded: list[Ack] = []
-        self._ack_cond = threading.Condition()
-        self.requests = 0  # etcd requests this process made for the queue (benchmark)
         self.claim_txns = 0
-        self._threads = [
-            threading.Thread(target=self._ack_loop, name="taskctl-join-acks", daemon=True),
-        ]
+        #: Claims of ours found after a retry (the first try's answer was lost).
+        self.adopted = 0
 
     def start(self) -> WorkQueue:
         self._view.start()
-        for thread in self._threads:
-            thread.start()
         return self
 
     # -- the mirror -------------------------------------------------------------
@@ -226,7 +225,6 @@ class WorkQueue:
         request: dict[str, Any] = {"success": success, "compare": compare}
         if failure:
             request["failure"] = failure
-        self.requests += 1
         response: dict[str, Any] = self.gateway.call("/kv/txn", request)
         response["succeeded"] = bool(response.get("succeeded", False))
         return response
@@ -237,10 +235,21 @@ class WorkQueue:
         return max(1, min(MAX_CHUNK, (self.count - next_index) // (4 * live)))
 
     def claim(self) -> list[Claim]:
-        """Claim requeued tests first, else a chunk of fresh ones; ``[]`` when none is free."""
-        lease = self._lease_id()
-        if not lease:
+        """Claim requeued tests first, else a chunk of fresh ones; ``[]`` when none is free.
+
+        Also ``[]`` while etcd does not answer or our lease is being renewed:
+        the caller waits for a change of the queue and asks again.
+        """
+        lease = self._lease()
+        if lease is None or lease.done.is_set():
             return []
+        try:
+            return self._claim(lease.id)
+        except Exception as exc:
+            log.debug("join: claiming failed, trying again: %s", exc)
+            return []
+
+    def _claim(self, lease: int) -> list[Claim]:
         with self._cond:
             requeued = sorted(self.requeued.items())
             next_index = self.next_index
@@ -250,103 +259,87 @@ class WorkQueue:
                 delete_op(self.keys.requeue(index)),
                 put_op(self.keys.claim(index), record, lease),
             ]
-            response = self._txn(ops, [key_exists(self.keys.requeue(index))])
-            if response["succeeded"]:
+            claim = self.keys.claim(index)
+            response = self._txn(ops, [key_exists(self.keys.requeue(index))], [range_op(claim)])
+            revision = self._claimed(response, record, 0)
+            if revision:
                 self.claim_txns += 1
-                return [Claim(index, int(response["header"]["revision"]), deaths)]
+                return [Claim(index, revision, deaths, lease)]
         while next_index < self.count:
             size = min(self.chunk_size(next_index), self.count - next_index)
             claimed = range(next_index, next_index + size)
             record = self._claim_record(0)
             ops = [put_op(self.keys.next, str(next_index + size))]
             ops += [put_op(self.keys.claim(index), record, lease) for index in claimed]
-            response = self._txn(
-                ops, [value_equals(self.keys.next, str(next_index))], [range_op(self.keys.next)]
-            )
-            if response["succeeded"]:
+            compare = [value_equals(self.keys.next, str(next_index))]
+            failure = [range_op(self.keys.next), range_op(self.keys.claim(next_index))]
+            response = self._txn(ops, compare, failure)
+            revision = self._claimed(response, record, 1)
+            if revision:
                 self.claim_txns += 1
-                revision = int(response["header"]["revision"])
-                return [Claim(index, revision, 0) for index in claimed]
+                return [Claim(index, revision, 0, lease) for index in claimed]
             kvs = response["responses"][0]["response_range"].get("kvs", [])
             next_index = int(unb64(kvs[0].get("value")) or 0) if kvs else self.count
         return []
+
+    def _claimed(self, response: Mapping[str, Any], record: str, read: int) -> int:
+        """The claim's revision if the transaction took it (or an earlier try did), else 0.
+
+        ``read``: which failure-branch read holds the claim key. A claim key
+        that holds exactly ``record`` (our worker and a sequence number used
+        once) was written by this very request, sent twice.
+        """
+        if response["succeeded"]:
+            return int(response["header"]["revision"])
+        kvs = response["responses"][read]["response_range"].get("kvs", [])
+        if kvs and unb64(kvs[0].get("value")) == record.encode("utf-8"):
+            self.adopted += 1
+            log.warning("join: a claim's answer was lost on the way (etcd failover); it is ours")
+            return int(kvs[0].get("mod_revision", 0))
+        return 0
 
     def _claim_record(self, deaths: int) -> str:
         """Whose claim, its place in our claim order (we run claims in that order), deaths."""
         self._seq += 1
         return dumps({"w": self.worker_id, "s": self._seq, "d": deaths})
 
+    def still_ours(self, claim: Claim) -> bool:
+        """Whether a claim taken ahead may still run here, asked before it starts.
+
+        Surely while the lease it was taken under was kept alive lately. After
+        a stop longer than that (SIGSTOP, a frozen VM) etcd may have expired
+        the lease and the others run the claim: then etcd decides, before the
+        keep-alive thread has even noticed. A lease renewed since means the
+        old one, and its claims, are gone.
+        """
+        lease = self._lease()
+        if lease is None or lease.id != claim.lease:
+            return False
+        if lease.surely_alive():
+            return True
+        try:
+            kvs = self.gateway.range(self.keys.claim(claim.index)).kvs
+        except Exception as exc:  # etcd away: run it; its guarded result decides
+            log.debug("join: could not check claim #%d: %s", claim.index, exc)
+            return True
+        return bool(kvs) and kvs[0].mod_revision == claim.revision
+
     # -- acknowledgements ---------------------------------------------------------
 
-    def ack(self, claim: Claim, result_key: str, result: str) -> Ack:
-        """Queue the result and acknowledgement of a claimed test (off the test's thread)."""
-        entry = Ack(claim, result_key, result, threading.Event())
-        with self._ack_cond:
-            self._acks.append(entry)
-            self._unlanded = [e for e in self._unlanded if not e.landed.is_set()]
-            self._unlanded.append(entry)
-            self._ack_cond.notify_all()
-        return entry
-
-    def _ack_ops(self, batch: list[Ack]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        ops: list[dict[str, Any]] = []
-        compare: list[dict[str, Any]] = []
-        for entry in batch:
-            index = entry.claim.index
-            compare.append(mod_revision_equals(self.keys.claim(index), entry.claim.revision))
-            done = dumps({"w": self.worker_id})
-            # done before the claim's deletion: watchers see it first and find no orphan.
-            ops += [put_op(self.keys.done(index), done), delete_op(self.keys.claim(index))]
-            ops.append(put_op(entry.result_key, entry.result))
-        return ops, compare
-
-    def _ack_loop(self) -> None:
-        while True:
-            with self._ack_cond:
-                self._ack_cond.wait_for(lambda: bool(self._acks) or self._stopping.is_set())
-                if not self._acks:
-                    return
-                batch = [self._acks.popleft() for _ in range(min(ACK_BATCH, len(self._acks)))]
-            self._send(batch)
-
-    def _send(self, batch: list[Ack]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                if self._txn(*self._ack_ops(batch))["succeeded"]:
-                    break
-                if len(batch) > 1:  # one of them lost its claim: find which, one by one
-                    for entry in batch:
-                        self._send([entry])
-                    return
-                log.warning(
-                    "join: the result of test #%d was not recorded: its claim was handed to "
-                    "another process while this one was away",
-                    batch[0].claim.index,
-                )
-                break
-            except Exception as exc:
-                if self._stopping.is_set():
-                    return
-                log.debug("join: acknowledgement failed, retrying: %s", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        for entry in batch:
-            entry.landed.set()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every queued acknowledgement was sent (or refused by its fence)."""
-        deadline = time.monotonic() + timeout
-        with self._ack_cond:
-            pending = list(self._unlanded)
-        return all(e.landed.wait(max(0.0, deadline - time.monotonic())) for e in pending)
+    def ack(
+        self,
+        claim: Claim,
+        result_key: str,
+        result: str,
+        on_refused: Callable[[], None] | None = None,
+    ) -> GuardedWrite:
+        """Queue the result and acknowledgement of a claimed test (:func:`.claims.acknowledge`)."""
+        return acknowledge(
+            self.writer, self.keys, self.worker_id, claim, (result_key, result), on_refused
+        )
 
     def stop(self) -> None:
         self._stopping.set()
         self._view.stop()
-        with self._ack_cond:
-            self._ack_cond.notify_all()
         with self._cond:
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(2.0)
