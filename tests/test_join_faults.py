@@ -28,30 +28,7 @@ from pytest_taskctl.keys import RunKeys
 
 from .conftest import wait_for
 from .faults import EtcdCluster, run_etcdctl
-from .test_join import SUITE, finish, results_of, stamps_of, start
-
-#: Test 0 waits for ``GATE`` the first time it runs (in the process we stop), not the second.
-STOPPED_SUITE = """
-import os, time
-from pathlib import Path
-import pytest
-
-def _stamp(name):
-    with open(os.environ["STAMPS"], "a", encoding="utf-8") as f:
-        f.write(f"{name} {os.getpid()}\\n")
-
-@pytest.mark.parametrize("n", range(16))
-def test_t(n):
-    _stamp(f"t{n}")
-    gate = Path(os.environ["GATE"])
-    if n == 0 and not gate.with_suffix(".ran").exists():
-        gate.with_suffix(".ran").touch()
-        deadline = time.monotonic() + 60
-        while not gate.exists():
-            assert time.monotonic() < deadline, "gate never opened"
-            time.sleep(0.01)
-    time.sleep(0.2)
-"""
+from .test_join import GATED_SUITE, SUITE, finish, results_of, stamps_of, start
 
 
 @pytest.fixture
@@ -139,7 +116,7 @@ def test_a_process_stopped_past_its_lease_overwrites_nothing_and_runs_nothing_tw
     dropped, not run a second time. It exits 0 (its tests passed).
     """
     stamps, env = joined
-    ptr.makepyfile(test_suite=STOPPED_SUITE)
+    ptr.makepyfile(test_suite=GATED_SUITE)
     gate = ptr.path / "gate"
     env.update(GATE=str(gate), PYTEST_TASKCTL_LEASE_TTL="3")
     stopped = start(ptr.path, env, "j-stop")

@@ -28,6 +28,7 @@ from .claims import Claim
 from .ending import end_run
 from .layout import JoinKeys, dumps
 from .membership import Attempt, JoinRefused, Membership, new_worker_id
+from .pausing import JoinedPause
 from .plan import PlanMismatch, settle_plan
 from .queue import WorkQueue
 from .tracelink import link_session
@@ -64,6 +65,7 @@ class JoinPlugin:
         self.given_up: list[str] = []
         #: Tests this process ran whose results were refused: others had taken them over.
         self.discarded: list[str] = []
+        self.pause: JoinedPause | None = None
         self.state = "STARTING"
         self.started = time.time()
         self._lock = threading.Lock()
@@ -157,6 +159,7 @@ class JoinPlugin:
             self._given_up,
             self.run.writer,
         ).start()
+        self._watch_pause(self.queue)
         pending: deque[tuple[Claim, pytest.Item]] = deque()
         nextitem: pytest.Item | None = None
         while True:
@@ -181,6 +184,22 @@ class JoinPlugin:
                 raise session.Interrupted(session.shouldstop)
         session.testsfailed += len(self.given_up)
         return True
+
+    def _watch_pause(self, queue: WorkQueue) -> None:
+        """Take part in the run's PAUSED status (:mod:`.pausing`) from now on."""
+        run, view = self.run, self.run.view
+        if run.writer is None or view is None:
+            return  # no watched flags (etcd went away at the start): no pause either
+        self.pause = JoinedPause(
+            self.keys,
+            self.worker_id,
+            run.writer,
+            lambda: view.get(self.keys.run.paused),
+            queue.members,
+            lambda: self.membership.lease_id if self.membership else 0,
+            lambda: self.state == "IDLE",
+            self._publish_now,
+        ).attach(run.control, view, queue)
 
     def _settle_plan(self, nodeids: list[str]) -> None:
         assert self.run.gateway is not None and self.attempt is not None
@@ -265,10 +284,12 @@ class JoinPlugin:
         if state != self.state:
             self.state = state
             self._publish()
+            if self.pause is not None:
+                self.pause.update()  # idle under the pause flag counts as paused
 
     def _worker_json(self) -> str:
         state = self.state
-        if state == "RUNNING" and self.run.control.status == "PAUSED":
+        if self.pause is not None and self.pause.paused and state in ("RUNNING", "IDLE"):
             state = "PAUSED"
         with self._lock:
             counts = dict(self.counts)
@@ -291,7 +312,7 @@ class JoinPlugin:
             writer.put_lazy(self.keys.worker(self.worker_id), self._worker_json, interval=interval)
 
     def _publish_now(self) -> None:
-        """The record with the next batch."""
+        """The record with the next batch (with our paused key): ``taskctl status`` agrees."""
         self._publish(interval=0.0)
 
     def _beat(self) -> None:
@@ -325,6 +346,8 @@ class JoinPlugin:
         self._heartbeat.set()
         if self.membership is None:
             return
+        if self.pause is not None:
+            self.pause.stop()
         queue = self.queue
         if run.writer is not None and not run.writer.flush(ACK_DEADLINE):
             log.warning("join: the last results did not reach etcd within %s s", ACK_DEADLINE)

@@ -94,6 +94,8 @@ class WorkQueue:
         self.done: set[int] = set()
         self.requeued: dict[int, int] = {}
         self.alive: set[str] = set()
+        #: Processes whose every test waits at the pause gate (``queue/paused/<worker>``).
+        self.paused: set[str] = set()
         self._orphans: dict[int, Held] = {}
         self._seq = 0
         self._changes = 0
@@ -102,6 +104,8 @@ class WorkQueue:
         self._view = WatchedRange(gateway, start, end)
         self._view.add_listener(self._on_change)
         self._seen_generation = 0
+        #: Called after each change of the mirror, on the watch's thread.
+        self.listeners: list[Callable[[], None]] = []
         self.claim_txns = 0
         #: Claims of ours found after a retry (the first try's answer was lost).
         self.adopted = 0
@@ -128,12 +132,19 @@ class WorkQueue:
         with self._cond:
             return self._changes
 
+    def members(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The live processes and the paused ones, as the mirror shows them."""
+        with self._cond:
+            return frozenset(self.alive), frozenset(self.paused)
+
     def _put(self, key: str, value: bytes) -> None:
         kind, name = self.keys.parse(key) or ("", "")
         if kind == "next":
             self.next_index = int(value or 0)
         elif kind == "alive":
             self.alive.add(name)
+        elif kind == "paused":
+            self.paused.add(name)
         elif kind in ("claim", "requeue", "done"):
             index = int(name)
             if kind == "done":
@@ -163,6 +174,8 @@ class WorkQueue:
                 what, name = self.keys.parse(key) or ("", "")
                 if what == "alive":
                     self.alive.discard(name)
+                elif what == "paused":
+                    self.paused.discard(name)
                 elif what == "requeue":
                     self.requeued.pop(int(name), None)
                 elif what == "done":
@@ -180,6 +193,11 @@ class WorkQueue:
             self._changes += 1
             self._cond.notify_all()
         self._reap()
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("join: a listener of the queue failed")
 
     # -- requeue ----------------------------------------------------------------
 

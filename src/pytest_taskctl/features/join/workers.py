@@ -3,7 +3,9 @@
 A process's record stays after it leaves (its final state and counts);
 whether it is still alive comes from its ``queue/alive/<worker>`` key, which
 vanishes with its lease -- so a killed process shows as ``DEAD`` within the
-lease's TTL, not as running forever.
+lease's TTL, not as running forever. Whether it is paused comes from its
+``queue/paused/<worker>`` key, the one the run's ``PAUSED`` is decided from,
+so the workers and the run's status agree.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def read_workers(gateway: EtcdGateway, keys: RunKeys) -> list[dict[str, Any]]:
         kv.key.removeprefix(join.alive_prefix)
         for kv in gateway.range_prefix(join.alive_prefix, keys_only=True).kvs
     }
+    paused = {
+        kv.key.removeprefix(join.paused_prefix)
+        for kv in gateway.range_prefix(join.paused_prefix, keys_only=True).kvs
+    }
     workers = []
     for kv in records:
         record = json_object(kv.value) or {}
@@ -36,6 +42,10 @@ def read_workers(gateway: EtcdGateway, keys: RunKeys) -> list[dict[str, Any]]:
         state = str(record.get("state") or "RUNNING")
         if worker not in alive and state not in ENDED:
             state = "DEAD"
+        elif worker in paused and state not in ENDED:
+            state = "PAUSED"
+        elif state == "PAUSED":
+            state = "RUNNING"  # resumed; its record follows with its next write
         counts = record.get("counts")
         if not isinstance(counts, dict):
             counts = {}
