@@ -76,6 +76,8 @@ class JoinedPause:
         self._held = False
         #: This process runs no test under the flag (what our paused key says).
         self.paused = False
+        #: The lease our paused key was put with.
+        self._key_lease = 0
         self._seen: tuple[bytes | None, frozenset[str], frozenset[str]] | None = None
         self._stopped = False
         self._lock = threading.Lock()
@@ -101,12 +103,16 @@ class JoinedPause:
             if paused == self.paused:
                 return
             self.paused = paused
-            key = self.keys.paused_worker(self.worker_id)
             if paused:
-                self.writer.put(key, "1", self._lease_id())
+                self._put_key()
             else:
-                self.writer.delete(key)
+                self.writer.delete(self.keys.paused_worker(self.worker_id))
         self._on_change()
+
+    def _put_key(self) -> None:
+        """Called with the lock held."""
+        self._key_lease = self._lease_id()
+        self.writer.put(self.keys.paused_worker(self.worker_id), "1", self._key_lease)
 
     # -- the run ------------------------------------------------------------------
 
@@ -115,6 +121,8 @@ class JoinedPause:
         flag = self._flag()
         alive, paused = self._members()
         with self._lock:
+            if self.paused and not self._stopped and self._lease_id() != self._key_lease:
+                self._put_key()  # our lease was renewed: the key went with the old one
             seen = (flag, alive, paused)
             if self._stopped or seen == self._seen:
                 return
