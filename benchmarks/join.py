@@ -1,18 +1,22 @@
 """``--join``: N processes sharing one run against one etcd, versus one plain process.
 
     .venv/bin/python benchmarks/join.py [--procs 3] [--trivial 300] [--slow 30] [--sleep 0.1]
+                                        [--threads T]
 
 Two suites, each timed as one plain ``pytest --run-id`` process and as N
 ``pytest --run-id --join`` processes started together (all with taskctl on,
-against a private etcd on loopback):
+against a private etcd on loopback); with ``--threads T`` (T > 1) also as N
+joined processes on T threads each (``--thread T --group-unit function``):
 
 * ``wall s``: first start to last exit; ``ideal s``: the plain run's test time
-  divided by N plus one interpreter start (what perfect sharing would give);
+  divided by N (N x T on threads) plus one interpreter start (what perfect
+  sharing would give);
 * ``claims/s``: claim transactions of all processes over the join's wall time;
 * ``etcd req/test``: unary requests etcd served during the variant (from its
   ``/metrics``: txn, range, put, lease calls; watch streams not counted) per test;
 * ``cost/test ms``: process time per test above the plain run's
-  (sum of the processes' session seconds minus the plain session, over M).
+  (sum of the processes' session seconds minus the plain session, over M;
+  not shown on threads, whose session time counts tests running at once once).
 
 Prints a Markdown table. Writes only under a temp directory.
 """
@@ -66,11 +70,13 @@ def etcd_requests(endpoint: str) -> int:
 
 
 def run_variant(
-    path: Path, env: dict[str, str], run_id: str, procs: int, join: bool
+    path: Path, env: dict[str, str], run_id: str, procs: int, join: bool, threads: int = 1
 ) -> tuple[float, list[str]]:
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--run-id", run_id]
     if join:
         args.append("--join")
+    if threads > 1:
+        args += ["--thread", str(threads), "--group-unit", "function"]
     started = time.monotonic()
     processes = [
         subprocess.Popen(
@@ -107,6 +113,7 @@ def main() -> int:
     parser.add_argument("--trivial", type=int, default=300)
     parser.add_argument("--slow", type=int, default=30)
     parser.add_argument("--sleep", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="taskctl-join-bench-") as tmp:
@@ -127,13 +134,6 @@ def main() -> int:
                 plain_wall, plain_out = run_variant(work, env, f"plain-{count}", 1, False)
                 plain_requests = etcd_requests(etcd.endpoint) - before
                 plain_session = session_seconds(plain_out)
-                before = etcd_requests(etcd.endpoint)
-                wall, outputs = run_variant(work, env, f"join-{count}", args.procs, True)
-                requests = etcd_requests(etcd.endpoint) - before
-                claims = sum(int(m) for out in outputs for m in CLAIMS.findall(out))
-                startup = plain_wall - plain_session
-                ideal = plain_session / args.procs + startup
-                extra = (session_seconds(outputs) - plain_session) / count * 1000
                 rows.append(
                     (
                         f"{name}: plain",
@@ -145,17 +145,28 @@ def main() -> int:
                         "-",
                     )
                 )
-                rows.append(
-                    (
-                        f"{name}: {args.procs} x --join",
-                        count,
-                        f"{wall:.2f}",
-                        f"{ideal:.2f}",
-                        f"{claims / wall:.0f}",
-                        f"{requests / count:.1f}",
-                        f"{extra:.2f}",
+                startup = plain_wall - plain_session
+                for threads in sorted({1, args.threads}):
+                    before = etcd_requests(etcd.endpoint)
+                    wall, outputs = run_variant(
+                        work, env, f"join-{count}-{threads}", args.procs, True, threads
                     )
-                )
+                    requests = etcd_requests(etcd.endpoint) - before
+                    claims = sum(int(m) for out in outputs for m in CLAIMS.findall(out))
+                    ideal = plain_session / (args.procs * threads) + startup
+                    extra = (session_seconds(outputs) - plain_session) / count * 1000
+                    label = f"{args.procs} x --join" + (f" --thread {threads}" * (threads > 1))
+                    rows.append(
+                        (
+                            f"{name}: {label}",
+                            count,
+                            f"{wall:.2f}",
+                            f"{ideal:.2f}",
+                            f"{claims / wall:.0f}",
+                            f"{requests / count:.1f}",
+                            f"{extra:.2f}" if threads == 1 else "-",  # sessions overlap tests
+                        )
+                    )
         finally:
             etcd.stop()
             remove_tree(root)

@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import textwrap
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -232,6 +233,37 @@ def test_schedule_heads_of_all_groups_and_alone_tests() -> None:
     schedule.done(5)
     assert schedule.take() is None
     assert schedule.most_running == 2
+
+
+def test_schedule_lines_tests_up_as_they_come() -> None:
+    """``--join``: tests are lined up as claimed; a group's line keeps line-up order."""
+    heard: list[int] = []
+    schedule = Schedule(
+        [("a",), ("a",), (), ("a",)], [False] * 4, lined_up=(), on_line_up=heard.extend
+    )
+    assert schedule.idle and schedule.take(timeout=0.01) is None
+    schedule.line_up([3, 1])  # 3 came back (requeued) before 1 was claimed
+    assert heard == [3, 1] and schedule.waiting == 2
+    assert schedule.take(timeout=0) == 3  # first in its group's line, though 1 sorts first
+    assert not schedule.startable and schedule.take(timeout=0.01) is None
+    schedule.line_up([2], alone=True)
+    assert not schedule.startable  # alone: waits until 3 has ended
+    woken: list[int | None] = []
+    waiter = threading.Thread(target=lambda: woken.append(schedule.take(timeout=30)))
+    waiter.start()
+    schedule.line_up([0])  # a change, but nothing may start: the waiter gives up at once
+    waiter.join(10)
+    assert woken == [None]
+    schedule.done(3)
+    assert schedule.take(timeout=0) == 1  # among ready tests, collection order
+    assert schedule.take(timeout=0.01) is None  # 2 runs alone, 0 waits behind 1
+    schedule.done(1)
+    assert schedule.take(timeout=0) == 0  # collection order again; 2 waits to run alone
+    assert schedule.take(timeout=0.01) is None
+    schedule.done(0)
+    assert schedule.take(timeout=0) == 2
+    schedule.done(2)
+    assert schedule.idle and schedule.take() is None
 
 
 # -- running ------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from pytest_taskctl.keys import RunKeys
 
 from .conftest import wait_for
 from .faults import EtcdCluster, run_etcdctl
-from .test_join import GATED_SUITE, SUITE, finish, results_of, stamps_of, start
+from .test_join import SUITE, finish, results_of, stamps_of, start
+from .test_join_pause import GATED_SUITE
 
 
 @pytest.fixture

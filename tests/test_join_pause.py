@@ -20,7 +20,30 @@ import pytest
 from pytest_taskctl import StateStore
 
 from .conftest import wait_for
-from .test_join import GATED_SUITE, SUITE, finish, stamps_of, start
+from .test_join import SUITE, finish, stamps_of, start
+
+#: Test 0 waits for ``GATE`` the first time it runs (in the first process), not the second.
+GATED_SUITE = """
+import os, time
+from pathlib import Path
+import pytest
+
+def _stamp(name):
+    with open(os.environ["STAMPS"], "a", encoding="utf-8") as f:
+        f.write(f"{name} {os.getpid()}\\n")
+
+@pytest.mark.parametrize("n", range(16))
+def test_t(n):
+    _stamp(f"t{n}")
+    gate = Path(os.environ["GATE"])
+    if n == 0 and not gate.with_suffix(".ran").exists():
+        gate.with_suffix(".ran").touch()
+        deadline = time.monotonic() + 60
+        while not gate.exists():
+            assert time.monotonic() < deadline, "gate never opened"
+            time.sleep(0.01)
+    time.sleep(float(os.environ.get("SLEEP", "0.2")))
+"""
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ def _varied_spans() -> list[ReadableSpan]:
         "tags": ["a", "b"],
         "numbers": [1, 2, 3],
         "long": "x" * 300,
+        "escaped": 'say "hi"\n\\path\t\u2603 \x00',
     }
     with tracer.start_as_current_span(
         "tests/test_x.py::test_é[1]",
@@ -59,7 +60,7 @@ def _varied_spans() -> list[ReadableSpan]:
         links=[Link(session.get_span_context(), {"pytest.link": "session"})],
     ) as test:
         with tracer.start_as_current_span("call") as call:
-            call.add_event("log", {"log.message": "hello", "code.line.number": 7})
+            call.add_event("log", {"log.message": 'hello "you"\n', "code.line.number": 7})
             call.add_event("empty")
             with other.start_as_current_span("GET", kind=SpanKind.CLIENT):
                 pass

@@ -57,6 +57,10 @@ class RunControl:
         self._stopped = threading.Event()
         #: (paused, cancelled) as the view last showed them, for :meth:`_flags_changed`.
         self._flags_seen = (False, False)
+        #: Features' meta fields that change with every test, made with the record.
+        self._meta_sources: list[Callable[[], Mapping[str, Any]]] = []
+        #: A lazy meta write is queued and not yet made: a new change needs no new one.
+        self._progress_queued = False
         if view is not None:
             self._flags_seen = self._flags(view.snapshot())
             view.add_listener(self._flags_changed)
@@ -183,22 +187,36 @@ class RunControl:
             self.meta.update(fields)
         self.publish_progress()
 
+    def add_meta_source(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        """Fields that change with every test (a feature's counts), read when the meta
+        record is made on the writer's thread, not built on the test's thread."""
+        with self._meta_lock:
+            self._meta_sources.append(source)
+
     def publish_progress(self, force: bool = False, status: str | None = None) -> None:
         """Queue the meta record (and ``status`` with it, in the same transaction).
 
         The record is made on the writer's thread when its transaction is built,
-        at most every ``PROGRESS_INTERVAL`` unless ``force``d: a test only queues it.
+        at most every ``PROGRESS_INTERVAL`` unless ``force``d: a test only queues
+        it, and only when no queued record is waiting to be made (that one will
+        show this change too).
         """
         if self.writer is None:
             return
         if status is None:
+            if self._progress_queued and not force:
+                return
+            self._progress_queued = True
             interval = 0.0 if force else PROGRESS_INTERVAL
             self.writer.put_lazy(self.keys.meta, self._meta_json, interval=interval)
         else:
             self.writer.put_many({self.keys.meta: self._meta_json, self.keys.status: status})
 
     def _meta_json(self) -> str:
+        self._progress_queued = False  # before reading: a later change queues a new record
         with self._meta_lock:
+            for source in self._meta_sources:
+                self.meta.update(source())
             self.meta.update(self.progress(), updated=time.time())
             return json.dumps(self.meta, sort_keys=True)
 
@@ -236,6 +254,12 @@ class RunControl:
     @property
     def status(self) -> str:
         return self._status
+
+    @property
+    def busy(self) -> bool:
+        """A test of this process is between the gate and its end."""
+        with self._lock:
+            return bool(self._running)
 
     def start(self, meta: Mapping[str, Any]) -> None:
         self.meta = dict(meta)

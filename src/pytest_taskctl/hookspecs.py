@@ -1,19 +1,21 @@
 """Hooks of a run's life cycle, for the features built on it (resume, live pause, ...).
 
-Registered in ``pytest_addhooks``; :class:`~pytest_taskctl.run.TaskRun` calls
-them through ``config.hook``. A feature is a plugin object that implements
-the ones it needs, so the core keeps no callback lists and no feature depends
-on the order in which another one was registered.
+Registered in ``pytest_addhooks``; :class:`~pytest_taskctl.run.TaskRun` (and
+the group runner, for its source of tests) calls them through ``config.hook``.
+A feature is a plugin object that implements the ones it needs, so the core
+keeps no callback lists and no feature depends on the order in which another
+one was registered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from .features.groups.schedule import Schedule
     from .outcome import TestOutcome
     from .run import TaskRun
 
@@ -47,4 +49,19 @@ def pytest_taskctl_run_closing(run: TaskRun) -> None:
 
     Called exactly once, also when the session never finished (another
     plugin's ``pytest_sessionstart`` raised).
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_taskctl_thread_source(
+    session: pytest.Session, schedule: Schedule, threads: int
+) -> Callable[[], int | None] | None:
+    """``--thread``: the worker threads are about to start; no test is lined up yet.
+
+    A feature that hands the tests out itself (``--join`` claims them from the
+    run's queue) lines them up on ``schedule`` as it gets them and returns the
+    function each of the ``threads`` worker threads calls for its next test:
+    the index of a test it took from ``schedule``, or ``None`` when the thread
+    is done. Without such a feature every test is lined up at once and the
+    threads take them from ``schedule``.
     """

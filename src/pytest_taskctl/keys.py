@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import quote, unquote
 
 DEFAULT_PREFIX = "/pytest-taskctl"
@@ -91,26 +92,26 @@ class RunKeys:
     prefix: str
     run_id: str
 
-    @property
+    @cached_property  # read for every key name: per test, more than once
     def root(self) -> str:
         return f"{self.prefix}/runs/{self.run_id}"
 
     def flag(self, name: str) -> str:
         return f"{self.root}/{name}"
 
-    @property
+    @cached_property
     def paused(self) -> str:
         return self.flag("paused")
 
-    @property
+    @cached_property
     def cancelled(self) -> str:
         return self.flag("cancelled")
 
-    @property
+    @cached_property
     def status(self) -> str:
         return f"{self.root}/status"
 
-    @property
+    @cached_property
     def meta(self) -> str:
         return f"{self.root}/meta"
 
@@ -119,7 +120,7 @@ class RunKeys:
         """Who owns the run: attached to the owning process's lease."""
         return f"{self.root}/lease"
 
-    @property
+    @cached_property
     def results(self) -> str:
         return f"{self.root}/results/"
 

@@ -65,9 +65,13 @@ def _register_features(config: pytest.Config, run: TaskRun) -> None:
     from . import reports
     from .features import livepause, resume
 
-    junit = bool(getattr(config.option, "xmlpath", None))
-    links = reports.TraceLinks(run, SPAN_KEY, junit=junit)
+    links_class = reports.ControllerTraceLinks if run.is_controller else reports.TraceLinks
+    links = links_class(run, SPAN_KEY)
     config.pluginmanager.register(links, "taskctl-trace-links")
+    run.report_observers.append(links.report_made)
+    if getattr(config.option, "xmlpath", None):
+        junit = reports.JunitTraceIds(run.settings.trace_url, SPAN_KEY)
+        config.pluginmanager.register(junit, "taskctl-junit-trace-ids")
 
     if run.settings.join:  # claims, fenced results and membership instead of the run lease
         from .features import join
@@ -169,6 +173,8 @@ def pytest_runtest_makereport(
     run = _run(item.config)
     if run is None:
         return report
+    for observe in run.report_observers:  # phase spans, trace links, pause on failure
+        observe(item, call, report)
     outcome = run.record_report(report)
     span_token = item.stash.get(SPAN_KEY, None)
     if report.failed and call.excinfo is not None and span_token is not None and run.tracer:

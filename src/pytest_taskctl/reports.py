@@ -17,7 +17,6 @@ CI report readers take it; ``junit_family=xunit1`` gives a schema-valid file.
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -56,44 +55,26 @@ class TraceLinks:
     protocol until its teardown report is made.
     """
 
-    def __init__(
-        self, run: TaskRun, span_key: pytest.StashKey[tuple[object, object]], *, junit: bool
-    ) -> None:
+    def __init__(self, run: TaskRun, span_key: pytest.StashKey[tuple[object, object]]) -> None:
         self.run = run
         self.template = run.settings.trace_url
         self.span_key = span_key
-        self.junit = junit
         #: nodeid -> (FAILED or ERROR, trace id), in the order the failures came in.
         self.failures: dict[str, tuple[str, str | None]] = {}
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        # Before the report is made: junitxml reads the teardown report's user_properties,
-        # which pytest copies from the item when it makes the report.
-        # The test's span leaves the stash when its teardown report is made: take it now.
-        span_token = item.stash.get(self.span_key, None)
-        if span_token is not None and self.junit and call.when == "setup":
-            self._record_properties(item, _trace_id(span_token))
-        report = yield
-        if span_token is not None and report.failed:  # only failures are listed
-            setattr(report, REPORT_ATTRIBUTE, _trace_id(span_token))
-        return report
+    def report_made(
+        self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+    ) -> None:
+        """A failed report carries its test's trace id (a report observer of the run)."""
+        if report.failed:  # only failures are listed
+            span_token = item.stash.get(self.span_key, None)
+            if span_token is not None:
+                setattr(report, REPORT_ATTRIBUTE, _trace_id(span_token))
+            self.failed(report)
 
-    def _record_properties(self, item: pytest.Item, trace_id: str) -> None:
-        properties = [(TRACE_ID_PROPERTY, trace_id)]
-        if self.template:
-            properties.append((TRACE_URL_PROPERTY, trace_link(self.template, trace_id)))
-        # A protocol run again for the same item (a rerun plugin) gets a new trace:
-        # replace what we added before instead of piling up ids.
-        added = item.stash.get(_ADDED_KEY, [])
-        item.user_properties[:] = [prop for prop in item.user_properties if prop not in added]
-        item.user_properties.extend(properties)
-        item.stash[_ADDED_KEY] = properties
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.failed and report.nodeid not in self.failures:
+    def failed(self, report: pytest.TestReport) -> None:
+        """Remember a failed report for the summary (the first one of each test)."""
+        if report.nodeid not in self.failures:
             word = "FAILED" if report.when == "call" else "ERROR"
             self.failures[report.nodeid] = (word, report_trace_id(report))
 
@@ -122,6 +103,47 @@ class TraceLinks:
         return [f"taskctl: trace links {self.template}"] if self.template else []
 
 
+class ControllerTraceLinks(TraceLinks):
+    """On the pytest-xdist controller, which makes no reports: the workers' come here."""
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:
+            self.failed(report)
+
+
 def _trace_id(span_token: tuple[object, object]) -> str:
     context = span_token[0].get_span_context()  # type: ignore[attr-defined]
     return f"{context.trace_id:032x}"
+
+
+class JunitTraceIds:
+    """``trace_id`` and ``trace_url`` properties on each JUnit ``<testcase>``.
+
+    Registered only with ``--junitxml``: without it, no hook of this class
+    runs per test. The plugin's protocol wrapper has started the test's span
+    when this hook runs, and no report is made yet: pytest copies the item's
+    ``user_properties`` into each report, which junitxml reads.
+    """
+
+    def __init__(
+        self, template: str | None, span_key: pytest.StashKey[tuple[object, object]]
+    ) -> None:
+        self.template = template
+        self.span_key = span_key
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> None:
+        span_token = item.stash.get(self.span_key, None)
+        if span_token is not None:
+            self._record_properties(item, _trace_id(span_token))
+
+    def _record_properties(self, item: pytest.Item, trace_id: str) -> None:
+        properties = [(TRACE_ID_PROPERTY, trace_id)]
+        if self.template:
+            properties.append((TRACE_URL_PROPERTY, trace_link(self.template, trace_id)))
+        # A protocol run again for the same item (a rerun plugin) gets a new trace:
+        # replace what we added before instead of piling up ids.
+        added = item.stash.get(_ADDED_KEY, [])
+        item.user_properties[:] = [prop for prop in item.user_properties if prop not in added]
+        item.user_properties.extend(properties)
+        item.stash[_ADDED_KEY] = properties

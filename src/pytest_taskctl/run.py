@@ -70,6 +70,15 @@ class TaskRun:
         self.etcd_lost_at: float | None = None
         self.writes_landed = True
         self.control = RunControl(settings.keys, None, None)
+        #: Features' per-test meta fields (``RunControl.add_meta_source``), added in
+        #: ``pytest_taskctl_run_starting``: the control they go to is made after it.
+        self.meta_sources: list[Callable[[], Mapping[str, Any]]] = []
+        #: Called with ``(item, call, report)`` for each phase report, from the plugin's
+        #: one ``pytest_runtest_makereport`` wrapper: a pluggy wrapper per feature
+        #: cost more per test than the features' work.
+        self.report_observers: list[
+            Callable[[pytest.Item, pytest.CallInfo[None], pytest.TestReport], None]
+        ] = []
         self.tracer: RunTracer | None = None
         self.runlog = RunLog(
             settings.run_dir / "pytest.log",
@@ -152,6 +161,8 @@ class TaskRun:
             self.close("INTERRUPTED")
             raise
         self._watch_flags()
+        for source in self.meta_sources:
+            self.control.add_meta_source(source)
         self.control.start(meta)
         self.runlog.line(
             logging.INFO,

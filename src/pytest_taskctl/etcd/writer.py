@@ -105,6 +105,8 @@ class KeyWriter:
         self._written_at: dict[str, float] = {}
         self._cond = threading.Condition()
         self._inflight = 0
+        #: The thread waits for writes to arrive (not in its pause between transactions).
+        self._awaiting_work = False
         self._flushing = 0
         self._closing = False
         self._min_interval = min_interval
@@ -162,7 +164,8 @@ class KeyWriter:
         with self._cond:
             if not self.fenced:
                 self._guarded.append(write)
-                self._cond.notify_all()
+                if self._awaiting_work:  # as in _queue: a paused writer takes it with the rest
+                    self._cond.notify_all()
                 return write
         write.settle(None)  # fenced out: nothing of ours is written any more
         return write
@@ -172,7 +175,11 @@ class KeyWriter:
             if self.fenced:
                 return
             self._pending.update(writes)
-            self._cond.notify_all()
+            if self._awaiting_work:
+                # Only a writer waiting for work is woken: one paused between two
+                # transactions takes these with the rest. A wake-up per write was a
+                # GIL hand-off per write, paid by the tests' thread.
+                self._cond.notify_all()
 
     @property
     def backlog(self) -> int:
@@ -254,7 +261,11 @@ class KeyWriter:
                 guarded, keys, wake = self._due(now)
                 if keys or guarded:
                     break
-                self._cond.wait(None if wake is None else wake - now)
+                self._awaiting_work = True
+                try:
+                    self._cond.wait(None if wake is None else wake - now)
+                finally:
+                    self._awaiting_work = False
             batch = [(key, self._pending.pop(key)) for key in keys]
             for key, write in batch:
                 if write.interval:  # a forced write (no interval) starts no pause
@@ -342,4 +353,4 @@ class KeyWriter:
                         left = until - time.monotonic()
                         if left <= 0:
                             break
-                        self._cond.wait(left)  # new writes wake us too: wait on
+                        self._cond.wait(left)

@@ -6,7 +6,7 @@ phase span is current while its phase runs, so fixture spans, log events and
 HTTP client spans of that phase land under it.
 
 A phase span is started by a hook wrapper around the phase and ended by the
-report of that phase (:meth:`PhaseSpans.pytest_runtest_makereport`), with the
+report of that phase (:meth:`PhaseSpans.phase_reported`), with the
 end time taken when the phase returned: only the report knows whether the
 phase failed (an ``xfail`` raises but does not fail) and carries its exception.
 
@@ -74,11 +74,10 @@ class PhaseSpans:
     ) -> Generator[None, object, object]:
         return (yield from self._phase(item, "teardown"))
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    def phase_reported(
+        self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+    ) -> None:
+        """End the phase's span (a report observer of the run, see ``TaskRun``)."""
         pending = item.stash.get(PHASE_KEY, None)
         if pending is not None:
             del item.stash[PHASE_KEY]
@@ -86,7 +85,6 @@ class PhaseSpans:
             if report.failed and call.excinfo is not None:
                 record_failure(span, call.excinfo.value, end_time)
             span.end(end_time=end_time)
-        return report
 
 
 class FixtureSpans:

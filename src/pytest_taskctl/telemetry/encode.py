@@ -4,8 +4,8 @@
 collector wants the protobuf ``ExportTraceServiceRequest``. The SDK's encoder
 builds protobuf message objects field by field, and the JSON file exporter
 builds them again: that work, done per span on a GIL shared with the tests,
-was most of the plugin's per-test cost. Here each span is walked once, into a
-dict for :func:`json.dumps` (C) and into protobuf wire bytes directly.
+was most of the plugin's per-test cost. Here each span is walked once, into
+JSON text and into protobuf wire bytes directly.
 
 The output is checked against ``opentelemetry-proto`` in the tests: the bytes
 parse as an ``ExportTraceServiceRequest`` equal to the SDK's own encoding,
@@ -28,6 +28,8 @@ _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
 _UINT64 = 0xFFFFFFFFFFFFFFFF
+#: A str as a JSON string literal (quotes and escapes), the C encoder json.dumps uses.
+_json_string = json.encoder.encode_basestring_ascii
 
 
 def _varint(value: int) -> bytes:
@@ -53,37 +55,44 @@ def _field(field: int, payload: bytes) -> bytes:
     return _TAGS[field] + (_SMALL[size] if size < 128 else _varint(size)) + payload
 
 
-def _any_value(value: Any) -> tuple[dict[str, Any], bytes]:
-    """An attribute value as OTLP ``AnyValue``: (JSON, protobuf)."""
+def _any_value(value: Any) -> tuple[str, bytes]:
+    """An attribute value as OTLP ``AnyValue``: (JSON text, protobuf)."""
     if isinstance(value, str):
-        return {"stringValue": value}, _field(1, value.encode())
+        return '{"stringValue":' + _json_string(value) + "}", _field(1, value.encode())
     if isinstance(value, bool):  # before int: bool is an int
-        return {"boolValue": value}, b"\x10" + (b"\x01" if value else b"\x00")
+        return (
+            '{"boolValue":' + ("true" if value else "false") + "}",
+            b"\x10" + (b"\x01" if value else b"\x00"),
+        )
     if isinstance(value, int):
-        return {"intValue": str(value)}, b"\x18" + _varint(value)
+        return '{"intValue":"' + str(value) + '"}', b"\x18" + _varint(value)
     if isinstance(value, float):
-        return {"doubleValue": value}, b"\x21" + _DOUBLE(value)
+        return '{"doubleValue":' + json.dumps(value) + "}", b"\x21" + _DOUBLE(value)
     if isinstance(value, Sequence):
         parts = [_any_value(item) for item in value]
         array = b"".join(_field(1, pb) for _, pb in parts)
-        return {"arrayValue": {"values": [js for js, _ in parts]}}, _field(5, array)
+        values = ",".join(js for js, _ in parts)
+        return '{"arrayValue":{"values":[' + values + "]}}", _field(5, array)
     return _any_value(str(value))
 
 
 #: Encoded ``KeyValue`` of recurring scalar attributes (run id, file path, fixture
 #: scope...): most attributes of a run repeat. Cleared when it grows past the limit.
-_KEY_VALUES: dict[tuple[str, type, object], tuple[dict[str, Any], bytes]] = {}
+_KEY_VALUES: dict[tuple[str, type, object], tuple[str, bytes]] = {}
 _KEY_VALUES_LIMIT = 20_000
 
 
-def _key_value(key: str, value: Any) -> tuple[dict[str, Any], bytes]:
+def _key_value(key: str, value: Any) -> tuple[str, bytes]:
     cacheable = isinstance(value, (str, int, float))  # bool is an int; type in the key
     if cacheable:
         cached = _KEY_VALUES.get((key, type(value), value))
         if cached is not None:
             return cached
     js, pb = _any_value(value)
-    encoded = {"key": key, "value": js}, _field(1, key.encode()) + _field(2, pb)
+    encoded = (
+        '{"key":' + _json_string(key) + ',"value":' + js + "}",
+        _field(1, key.encode()) + _field(2, pb),
+    )
     if cacheable:
         if len(_KEY_VALUES) >= _KEY_VALUES_LIMIT:
             _KEY_VALUES.clear()
@@ -91,27 +100,26 @@ def _key_value(key: str, value: Any) -> tuple[dict[str, Any], bytes]:
     return encoded
 
 
-def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[list[Any], bytes]:
-    """``KeyValue`` list: (JSON list, the repeated protobuf field).
-
-    The JSON dicts may be shared between spans: they are only ever serialized.
-    """
+def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[str, bytes]:
+    """``KeyValue`` list: (JSON array text, or "" when empty; the repeated protobuf field)."""
     if not attributes:
-        return [], b""
+        return "", b""
     out_json = []
     out_pb = bytearray()
     for key, value in attributes.items():
         js, pb = _key_value(key, value)
         out_json.append(js)
         out_pb += _field(field, pb)
-    return out_json, bytes(out_pb)
+    return "[" + ",".join(out_json) + "]", bytes(out_pb)
 
 
-def encode_span(span: ReadableSpan) -> tuple[dict[str, Any], bytes]:
-    """One span as OTLP ``Span``: (JSON object, protobuf bytes).
+def encode_span(span: ReadableSpan) -> tuple[str, bytes]:
+    """One span as OTLP ``Span``: (JSON object text, protobuf bytes).
 
     ``span`` is an SDK ``ReadableSpan`` or a :class:`~.spans.LightSpan`: only
-    the attributes both have are read.
+    the attributes both have are read. The JSON is written as text: ids,
+    numbers and cached attributes need no escaping, and building dicts for
+    :func:`json.dumps` cost as much as the protobuf.
     """
     context = span.get_span_context()
     assert context is not None
@@ -122,71 +130,65 @@ def encode_span(span: ReadableSpan) -> tuple[dict[str, Any], bytes]:
     start = span.start_time or 0
     end = span.end_time or 0
     kind = span.kind.value + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
-    js: dict[str, Any] = {"traceId": trace_id.hex(), "spanId": span_id.hex()}
+    js = ['{"traceId":"', trace_id.hex(), '","spanId":"', span_id.hex(), '"']
     pb = bytearray(_field(1, trace_id) + _field(2, span_id))
     if context.trace_state:
         state = context.trace_state.to_header()
-        js["traceState"] = state
+        js += (',"traceState":', _json_string(state))
         pb += _field(3, state.encode())
     if parent is not None:
         parent_id = parent.span_id.to_bytes(8, "big")
-        js["parentSpanId"] = parent_id.hex()
+        js += (',"parentSpanId":"', parent_id.hex(), '"')
         pb += _field(4, parent_id)
     name = span.name
-    js.update(
-        flags=flags,
-        name=name,
-        kind=kind,
-        startTimeUnixNano=str(start),
-        endTimeUnixNano=str(end),
+    js.append(
+        f',"flags":{flags},"name":{_json_string(name)},"kind":{kind},'
+        f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"'
     )
     pb += _field(5, name.encode()) + b"\x30" + _varint(kind)
     pb += b"\x39" + _FIXED64(start) + b"\x41" + _FIXED64(end)
     attributes_json, attributes_pb = _attributes(span.attributes, 9)
     if attributes_json:
-        js["attributes"] = attributes_json
+        js += (',"attributes":', attributes_json)
         pb += attributes_pb
     if span.events:
         events = []
         for event in span.events:
             event_attributes, event_attributes_pb = _attributes(event.attributes, 3)
-            event_js: dict[str, Any] = {"timeUnixNano": str(event.timestamp), "name": event.name}
+            event_js = f'{{"timeUnixNano":"{event.timestamp}","name":{_json_string(event.name)}'
             if event_attributes:
-                event_js["attributes"] = event_attributes
-            events.append(event_js)
+                event_js += ',"attributes":' + event_attributes
+            events.append(event_js + "}")
             body = b"\x09" + _FIXED64(event.timestamp) + _field(2, event.name.encode())
             pb += _field(11, body + event_attributes_pb)
-        js["events"] = events
+        js += (',"events":[', ",".join(events), "]")
     if span.links:
         links = []
         for link in span.links:
             linked = link.context
             link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
-            link_trace, link_span = (
-                linked.trace_id.to_bytes(16, "big"),
-                linked.span_id.to_bytes(8, "big"),
-            )
-            link_js: dict[str, Any] = {"traceId": link_trace.hex(), "spanId": link_span.hex()}
+            link_trace = linked.trace_id.to_bytes(16, "big")
+            link_span = linked.span_id.to_bytes(8, "big")
+            link_js = f'{{"traceId":"{link_trace.hex()}","spanId":"{link_span.hex()}"'
             link_attributes, link_attributes_pb = _attributes(link.attributes, 4)
             if link_attributes:
-                link_js["attributes"] = link_attributes
-            link_js["flags"] = link_flags
-            links.append(link_js)
+                link_js += ',"attributes":' + link_attributes
+            links.append(f'{link_js},"flags":{link_flags}}}')
             body = _field(1, link_trace) + _field(2, link_span) + link_attributes_pb
             pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
-        js["links"] = links
-    status_js: dict[str, Any] = {}
+        js += (',"links":[', ",".join(links), "]")
+    status_js = []
     status_pb = b""
     code = span.status.status_code.value  # UNSET 0, OK 1, ERROR 2: the same numbers in OTLP
     if span.status.description:
-        status_js["message"] = span.status.description
+        status_js.append('"message":' + _json_string(span.status.description))
         status_pb += _field(2, span.status.description.encode())
     if code:
-        status_js["code"] = code
+        status_js.append(f'"code":{code}')
         status_pb += b"\x18" + _varint(code)
-    js["status"] = status_js
+    js += (',"status":{', ",".join(status_js), "}}")
     pb += _field(15, status_pb) + b"\x85\x01" + _FIXED32(flags)
-    return js, bytes(pb)
+    return "".join(js), bytes(pb)
 
 
 def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
@@ -194,7 +196,7 @@ def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
 
     Spans are grouped by resource, then by instrumentation scope, as the SDK does.
     """
-    groups: dict[int, tuple[Any, dict[Any, tuple[Any, list[tuple[dict[str, Any], bytes]]]]]] = {}
+    groups: dict[int, tuple[Any, dict[Any, tuple[Any, list[tuple[str, bytes]]]]]] = {}
     for span in spans:
         resource_key = id(span.resource)  # one provider: one resource object
         if resource_key not in groups:
@@ -213,29 +215,33 @@ def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
         scope_spans_json = []
         resource_spans_pb = bytearray(_field(1, resource_attributes_pb))
         for scope, encoded in scopes.values():
-            scope_js: dict[str, Any] = {}
+            scope_js = []
             scope_pb = b""
             if scope is not None:
-                scope_js["name"] = scope.name
+                scope_js.append('"name":' + _json_string(scope.name))
                 scope_pb += _field(1, scope.name.encode())
                 if scope.version:
-                    scope_js["version"] = scope.version
+                    scope_js.append('"version":' + _json_string(scope.version))
                     scope_pb += _field(2, scope.version.encode())
-            entry: dict[str, Any] = {"scope": scope_js, "spans": [js for js, _ in encoded]}
+            entry = '{"scope":{' + ",".join(scope_js) + '},"spans":['
+            entry += ",".join(js for js, _ in encoded) + "]"
             body = _field(1, scope_pb) + b"".join(_field(2, pb) for _, pb in encoded)
             if scope is not None and scope.schema_url:
-                entry["schemaUrl"] = scope.schema_url
+                entry += ',"schemaUrl":' + _json_string(scope.schema_url)
                 body += _field(3, scope.schema_url.encode())
-            scope_spans_json.append(entry)
+            scope_spans_json.append(entry + "}")
             resource_spans_pb += _field(2, body)
-        resource_entry: dict[str, Any] = {
-            "resource": {"attributes": resource_attributes},
-            "scopeSpans": scope_spans_json,
-        }
+        resource_entry = (
+            '{"resource":{"attributes":'
+            + (resource_attributes or "[]")
+            + '},"scopeSpans":['
+            + ",".join(scope_spans_json)
+            + "]"
+        )
         if resource.schema_url:
-            resource_entry["schemaUrl"] = resource.schema_url
+            resource_entry += ',"schemaUrl":' + _json_string(resource.schema_url)
             resource_spans_pb += _field(3, resource.schema_url.encode())
-        resource_spans_json.append(resource_entry)
+        resource_spans_json.append(resource_entry + "}")
         request_pb += _field(1, bytes(resource_spans_pb))
-    line = json.dumps({"resourceSpans": resource_spans_json}, separators=(",", ":")) + "\n"
+    line = '{"resourceSpans":[' + ",".join(resource_spans_json) + "]}\n"
     return line, bytes(request_pb)

@@ -24,13 +24,18 @@ class Telemetry(Protocol):
 
     def tracer_provider(self) -> Any: ...
 
+    @property
+    def report_observers(self) -> list[Any]: ...
+
 
 def register(
     pluginmanager: pytest.PytestPluginManager, settings: RunSettings, run: Telemetry
 ) -> None:
     """Register what ``--taskctl-span-detail`` and ``--taskctl-http`` ask for."""
     if settings.span_detail in ("phases", "fixtures"):
-        pluginmanager.register(PhaseSpans(run.span_source), "taskctl-phase-spans")
+        phases = PhaseSpans(run.span_source)
+        pluginmanager.register(phases, "taskctl-phase-spans")
+        run.report_observers.append(phases.phase_reported)
     if settings.span_detail == "fixtures":
         pluginmanager.register(FixtureSpans(run.span_source), "taskctl-fixture-spans")
     if settings.http:

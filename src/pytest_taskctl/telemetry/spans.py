@@ -125,6 +125,8 @@ class LightTracer:
 
     def __init__(self, provider: Any, id_generator: Any, sink: Callable[[Any], None]) -> None:
         self._sampler = provider.sampler
+        #: The default sampler keeps every root span: no call per test to ask it.
+        self._keeps_every_root = _keeps_every_root(provider.sampler)
         self._resource = provider.resource
         self._ids = id_generator
         self._sink = sink
@@ -135,10 +137,13 @@ class LightTracer:
     ) -> trace.Span:
         """The root span of a new trace (a test's span), if the sampler keeps it."""
         trace_id = self._ids.generate_trace_id()
-        decision = self._sampler.should_sample(
-            None, trace_id, name, SpanKind.INTERNAL, attributes, links
-        )
-        flags = SAMPLED if decision.decision.is_sampled() else TraceFlags(0)
+        if self._keeps_every_root:
+            flags = SAMPLED
+        else:
+            decision = self._sampler.should_sample(
+                None, trace_id, name, SpanKind.INTERNAL, attributes, links
+            )
+            flags = SAMPLED if decision.decision.is_sampled() else TraceFlags(0)
         context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags)
         return self._span(name, context, None, attributes, links)
 
@@ -169,3 +174,13 @@ class LightTracer:
         return LightSpan(
             name, context, parent, attributes, links, self._sink, self._resource, self.scope
         )
+
+
+def _keeps_every_root(sampler: Any) -> bool:
+    """``always_on`` or ``parentbased_always_on`` (the SDK's default) for a span without parent."""
+    from opentelemetry.sdk.trace import sampling
+
+    if sampler is sampling.ALWAYS_ON:
+        return True
+    root = getattr(sampler, "_root", None)  # the SDK keeps the root sampler there
+    return isinstance(sampler, sampling.ParentBased) and root is sampling.ALWAYS_ON

@@ -4,7 +4,10 @@ Each worker takes the next test the :class:`~.schedule.Schedule` allows and
 runs it through ``item.ihook.pytest_runtest_protocol``, so the pause gate, the
 test's span and its log lines apply per thread exactly as in a sequential run.
 The test's reports go to the terminal, JUnit XML, ``--lf`` etc. in one block
-when it ends (as pytest-xdist's controller does), so lines never mix.
+when it ends (as pytest-xdist's controller does), so lines never mix. All of
+the session's tests are lined up at once, unless a feature hands them out
+itself (``pytest_taskctl_thread_source``: ``--join`` lines up what this
+process claims from the run's queue).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextvars
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,6 +25,7 @@ from _pytest.runner import runtestprotocol
 from .plan import group_keys, runs_alone
 from .schedule import Schedule
 from .settings import GroupSettings
+from .setupstate import ConcurrentSetupState
 from .threadsafe import thread_safe_pytest
 from .worker import worker_state
 
@@ -31,6 +36,8 @@ log = logging.getLogger("pytest_taskctl.plugin")
 class _Loop:
     items: list[pytest.Item]
     schedule: Schedule
+    #: The next test for a worker thread: ``schedule.take``, or a feature's source.
+    take: Callable[[], int | None]
     errors: list[BaseException] = field(default_factory=list)
     interrupted: threading.Event = field(default_factory=threading.Event)
     in_test: int = 0
@@ -59,10 +66,20 @@ class GroupRunner:
             return None
         items = list(session.items)
         unit = self.settings.unit
+        setup_state = ConcurrentSetupState()
         schedule = Schedule(
-            [group_keys(item, unit) for item in items], [runs_alone(i) for i in items]
+            [group_keys(item, unit) for item in items],
+            [runs_alone(i) for i in items],
+            lined_up=(),
+            on_line_up=lambda indexes: setup_state.expect(items[i] for i in indexes),
         )
-        loop = self._loop = _Loop(items, schedule)
+        take = session.config.hook.pytest_taskctl_thread_source(
+            session=session, schedule=schedule, threads=self.settings.threads
+        )
+        if take is None:  # no feature hands tests out: all of them are this process's
+            schedule.line_up(range(len(items)))
+            take = schedule.take
+        loop = self._loop = _Loop(items, schedule, take)
         threads = [
             threading.Thread(
                 target=contextvars.copy_context().run,
@@ -72,7 +89,7 @@ class GroupRunner:
             )
             for number in range(min(self.settings.threads, len(items)))
         ]
-        with thread_safe_pytest(session):
+        with thread_safe_pytest(session, setup_state):
             try:
                 for thread in threads:
                     thread.start()
@@ -117,7 +134,7 @@ class GroupRunner:
         schedule = loop.schedule
         while True:
             try:
-                index = schedule.take()
+                index = loop.take()
             except BaseException as exc:
                 loop.errors.append(exc)
                 schedule.stop()

@@ -39,17 +39,28 @@ class ConcurrentSetupState:
     and torn down by the thread that ends its last test; with tests left
     unrun (``-x``, interrupt) the rest is torn down at session end. A test's
     own node and its finalizers belong to the thread running it.
+
+    "Its last test" is the last of the tests :meth:`expect` was told about:
+    all of the session's at once, or a few at a time when ``--join`` claims
+    them, so a module is torn down when this process holds none of its tests
+    any more, and set up again if one comes back later (as pytest does when
+    a module's tests are not next to each other).
     """
 
-    def __init__(self, items: Iterable[pytest.Item]) -> None:
+    def __init__(self, items: Iterable[pytest.Item] = ()) -> None:
         self._users: Counter[Node] = Counter()
-        for item in items:
-            self._users.update(item.listchain()[:-1])
         self._collectors: dict[Node, _CollectorState] = {}
         self._collector_locks: dict[Node, threading.Lock] = {}
         self._items: dict[Node, list[Callable[[], object]]] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.expect(items)
+
+    def expect(self, items: Iterable[pytest.Item]) -> None:
+        """These tests will run here: their collectors stay set up until they ended."""
+        with self._lock:
+            for item in items:
+                self._users.update(item.listchain()[:-1])
 
     @property
     def stack(self) -> dict[Node, None]:
@@ -62,16 +73,19 @@ class ConcurrentSetupState:
             return node in self._collectors or node in self._items
 
     def setup(self, item: pytest.Item) -> None:
+        self._local.torn_down = None  # --join may hand the same test to this thread again
         for collector in item.listchain()[:-1]:
             self._setup_collector(collector)
         with self._lock:
             self._items[item] = [item.teardown]
         item.setup()
 
-    def _setup_collector(self, collector: Node) -> None:
+    def _node_lock(self, collector: Node) -> threading.Lock:
         with self._lock:
-            node_lock = self._collector_locks.setdefault(collector, threading.Lock())
-        with node_lock:
+            return self._collector_locks.setdefault(collector, threading.Lock())
+
+    def _setup_collector(self, collector: Node) -> None:
+        with self._node_lock(collector):
             state = self._collectors.get(collector)
             if state is None:
                 state = _CollectorState([collector.teardown])
@@ -124,7 +138,7 @@ class ConcurrentSetupState:
                 self._users[collector] -= 1
                 last = self._users[collector] <= 0 and collector in self._collectors
             if last:
-                self._finish_collector(collector, errors)
+                self._finish_collector(collector, errors, unused_only=True)
         _raise_teardown_errors(errors)
 
     def _teardown_collectors(
@@ -137,11 +151,21 @@ class ConcurrentSetupState:
         if raise_here or errors:
             _raise_teardown_errors(errors)
 
-    def _finish_collector(self, collector: Node, errors: list[BaseException]) -> None:
-        with self._lock:
-            state = self._collectors.pop(collector, None)
-        if state is not None:
-            _run_finalizers(collector, state.finalizers, errors)
+    def _finish_collector(
+        self, collector: Node, errors: list[BaseException], unused_only: bool = False
+    ) -> None:
+        """Tear ``collector`` down; with ``unused_only``, unless a test expected since needs it.
+
+        Under the collector's lock, which its set-up takes too: a test that
+        arrives while the finalizers run waits, then sets the collector up anew.
+        """
+        with self._node_lock(collector):
+            with self._lock:
+                if unused_only and self._users[collector] > 0:
+                    return
+                state = self._collectors.pop(collector, None)
+            if state is not None:
+                _run_finalizers(collector, state.finalizers, errors)
 
 
 def _run_finalizers(

@@ -110,10 +110,12 @@ def make_tmp_path_base(session: pytest.Session) -> None:
 
 
 @contextlib.contextmanager
-def thread_safe_pytest(session: pytest.Session) -> Iterator[None]:
+def thread_safe_pytest(
+    session: pytest.Session, setup_state: ConcurrentSetupState
+) -> Iterator[None]:
     """Replace pytest's one-test-at-a-time state with the thread-aware stand-ins above."""
     # The SetupState stays after the loop: pytest_sessionfinish tears down through it.
-    session._setupstate = ConcurrentSetupState(session.items)  # type: ignore[assignment]
+    session._setupstate = setup_state  # type: ignore[assignment]
     cache_fixtures_per_node(session)
     make_tmp_path_base(session)
     with contextlib.ExitStack() as stack:

@@ -2,9 +2,13 @@
 
 No coordinator of our own: every process collects, checks its collection
 against the run's plan, and claims tests from a queue in etcd as it goes
-(:mod:`.queue`); processes share the run id through a shared lease
-(:mod:`.membership`). :func:`make_plugin` checks the options that cannot
-be combined with ``--join`` and returns the plugin object.
+(:mod:`.queue`, results acknowledged through the run's writer by
+:mod:`.acks`); processes share the run id through a shared lease
+(:mod:`.membership`), the run's PAUSED status (:mod:`.pausing`) and its end
+(:mod:`.ending`). With ``--thread N`` the group runner's threads run what
+their process claims (:mod:`.threads`).
+:func:`make_plugin` checks the options that cannot be combined with
+``--join`` (pytest-xdist) and returns the plugin object.
 """
 
 from __future__ import annotations
@@ -24,11 +28,6 @@ def make_plugin(config: pytest.Config, run: TaskRun) -> object:
         raise pytest.UsageError(
             "--join is incompatible with pytest-xdist (-n): start several pytest processes "
             "with --join instead (each claims tests from the run), or drop --join and use -n"
-        )
-    if option.taskctl_threads not in (None, 1):
-        raise pytest.UsageError(
-            "--join does not support --thread yet: start one process per core with --join "
-            "instead (each claims tests as it goes), or drop --join"
         )
     if run.settings.run_id_generated:
         raise pytest.UsageError(

@@ -1,25 +1,24 @@
-"""What the queue hands out, and how a claim is acknowledged.
+"""What the queue hands out: a claim, as this process holds it and as the mirror shows it.
 
-An acknowledgement writes the test's result, ``queue/done/<index>`` and the
-deletion of the claim together, guarded by the claim key still being the one
-our claim wrote: a process that was presumed dead (stopped past its lease,
-its claims handed to others) cannot overwrite the result of the process that
-took over. It leaves through the run's one
-:class:`~pytest_taskctl.etcd.writer.KeyWriter` as a guarded write, so several
-share a transaction and a refused one refuses only itself.
+And whether a claim is ours: after a lost answer (the member in use died
+after committing our claim, and the gateway sent it again to the next one),
+and before a claim taken ahead runs (this process may have been stopped past
+its lease, and the others run its claims).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ...etcd.gateway import mod_revision_equals
-from ...etcd.guarded import GuardedWrite
-from ...etcd.writer import KeyWriter
-from ...records import json_object
-from .layout import JoinKeys, dumps
+from ...etcd.gateway import EtcdGateway, unb64
+from ...etcd.lease import Lease
+from .layout import JoinKeys
+
+if TYPE_CHECKING:
+    import pytest
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -30,56 +29,72 @@ class Claim:
     #: The claim key's mod revision: acknowledgements are guarded by it.
     revision: int
     deaths: int
+    #: Its place in this process's claim order (the claim record's ``s``).
+    seq: int = 0
     #: The lease it was claimed under: a claim does not outlive it.
     lease: int = 0
 
 
 @dataclass(frozen=True)
 class Held:
-    """A claim as the mirror knows it: whose, in which order it was claimed, deaths so far."""
+    """A claim as the mirror knows it: whose, in which order it was claimed, deaths so far.
+
+    ``threads``: how many tests its process runs at once (``--thread``);
+    ``started``: such a process marked the claim when the test started.
+    """
 
     worker: str
     seq: int
     deaths: int
+    threads: int = 1
+    started: bool = False
 
 
-def acknowledge(
-    writer: KeyWriter,
-    keys: JoinKeys,
-    worker_id: str,
-    claim: Claim,
-    result: tuple[str, str],
-    on_refused: Callable[[], None] | None = None,
-) -> GuardedWrite:
-    """Queue ``result`` (key, JSON) with the claim's acknowledgement, off the test's thread.
+def claim_revision(response: Mapping[str, Any], record: str, read: int) -> int:
+    """The claim's revision if the claim transaction took it, or an earlier try did; else 0.
 
-    ``on_refused`` is called (on the writer's thread) when the claim was no
-    longer ours, so the result was not recorded. A refusal whose ``done``
-    names us is our own earlier try, sent again after its answer was lost.
+    ``read``: which failure-branch read holds the claim key. A claim key that
+    holds exactly ``record`` (our worker and a sequence number used once) was
+    written by this very request, sent twice.
     """
-    index = claim.index
-    done_key = keys.done(index)
+    if response["succeeded"]:
+        return int(response["header"]["revision"])
+    kvs = response["responses"][read]["response_range"].get("kvs", [])
+    if kvs and unb64(kvs[0].get("value")) == record.encode("utf-8"):
+        return int(kvs[0].get("mod_revision", 0))
+    return 0
 
-    def settled(write: GuardedWrite) -> None:
-        if write.written is not False:
-            return
-        done = json_object(write.found.get(done_key)) or {}
-        if done.get("w") == worker_id and "gave_up" not in done:
-            return  # landed on the first try
-        log.warning(
-            "join: the result of test #%d was not recorded: its claim was handed to another "
-            "process while this one was away (done by: %s)",
-            index,
-            done.get("w", "nobody yet"),
-        )
-        if on_refused is not None:
-            on_refused()
 
-    # done before the claim's deletion: watchers see it first and find no orphan.
-    writes = {done_key: dumps({"w": worker_id}), keys.claim(index): None, result[0]: result[1]}
-    return writer.write_guarded(
-        [mod_revision_equals(keys.claim(index), claim.revision)],
-        writes,
-        reads=(done_key,),
-        on_done=settled,
-    )
+def still_held(gateway: EtcdGateway, keys: JoinKeys, lease: Lease | None, claim: Claim) -> bool:
+    """Whether a claim taken ahead may still run here, asked before it starts.
+
+    Surely while the lease it was taken under was kept alive lately. After a
+    stop longer than that (SIGSTOP, a frozen VM) etcd may have expired the
+    lease and the others run the claim: then etcd decides, before the
+    keep-alive thread has even noticed. A lease renewed since means the old
+    one, and its claims, are gone. (On several threads the start mark asks
+    etcd for every test anyway.)
+    """
+    if lease is None or lease.id != claim.lease:
+        return False
+    if lease.surely_alive():
+        return True
+    try:
+        kvs = gateway.range(keys.claim(claim.index)).kvs
+    except Exception as exc:  # etcd away: run it; its guarded result decides
+        log.debug("join: could not check claim #%d: %s", claim.index, exc)
+        return True
+    return bool(kvs) and kvs[0].mod_revision == claim.revision
+
+
+def tear_down_for(session: pytest.Session, item: pytest.Item) -> None:
+    """Tear down what pytest kept for an announced next item that was dropped.
+
+    pytest keeps the fixtures the ``nextitem`` it was told shares with the
+    test that ended; when that item was dropped (another process runs it),
+    the item run instead may not need them, and pytest's setup asserts so.
+    """
+    try:
+        session._setupstate.teardown_exact(item)
+    except Exception as exc:
+        log.warning("join: a teardown before %s failed: %s", item.nodeid, exc)

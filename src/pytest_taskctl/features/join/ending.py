@@ -11,6 +11,7 @@ already an end status is left alone, so the first writer's end stands.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from ...etcd.gateway import EtcdGateway, key_missing, put_op, value_equals
@@ -18,13 +19,29 @@ from ...records import json_object
 from ...status import FINAL_STATUSES
 from .layout import JoinKeys, dumps
 
+log = logging.getLogger("pytest_taskctl.plugin")
+
 COUNT_NAMES = ("passed", "failed", "skipped")
 
 
 def end_run(
     gateway: EtcdGateway, keys: JoinKeys, total: int, cancelled: bool, finished: bool
 ) -> str | None:
-    """Write the run's end status and meta; the status written, ``None`` if it had one."""
+    """Write the run's end status and meta; the status written, ``None`` if it had one.
+
+    Never raises: etcd away at the very end is a warning (``taskctl`` then
+    shows the run as interrupted once the shared lease is gone).
+    """
+    try:
+        return _end_run(gateway, keys, total, cancelled, finished)
+    except Exception as exc:
+        log.warning("join: could not write the run's end status: %s", exc)
+        return None
+
+
+def _end_run(
+    gateway: EtcdGateway, keys: JoinKeys, total: int, cancelled: bool, finished: bool
+) -> str | None:
     run = keys.run
     current = gateway.get(run.status)
     if current is not None and current.decode("utf-8", "replace") in FINAL_STATUSES:

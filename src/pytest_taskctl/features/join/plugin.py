@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -24,22 +24,23 @@ from ...outcome import TestOutcome
 from ...process import process_identity
 from ...records import json_object
 from ..resume import passed_identities, result_record
-from .claims import Claim
+from .claims import Claim, tear_down_for
 from .ending import end_run
-from .layout import JoinKeys, dumps
+from .layout import JoinKeys
 from .membership import Attempt, JoinRefused, Membership, new_worker_id
 from .pausing import JoinedPause
 from .plan import PlanMismatch, settle_plan
-from .queue import WorkQueue
+from .queue import IDLE_POLL, WorkQueue
+from .threads import ThreadFeed
 from .tracelink import link_session
+from .workers import worker_record
 
 if TYPE_CHECKING:
     from ...run import TaskRun
+    from ..groups.schedule import Schedule
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-#: How often an idle process looks at the flags while it waits for requeues or the end.
-IDLE_POLL = 0.2
 #: How long the last acknowledgements may take when the process leaves.
 ACK_DEADLINE = 5.0
 
@@ -53,6 +54,7 @@ class JoinPlugin:
         self.resume = bool(config.option.taskctl_resume)
         self.keys = JoinKeys(run.settings.keys)
         self.worker_id = new_worker_id()
+        self.threads = config.option.taskctl_threads or 1
         self.membership: Membership | None = None
         self.attempt: Attempt | None = None
         self.queue: WorkQueue | None = None
@@ -145,6 +147,62 @@ class JoinPlugin:
             return None  # pytest's own loop reports the collection errors
         if session.config.option.collectonly or self.membership is None:
             return None
+        if self.threads > 1 and session.items:
+            return None  # the group runner's threads run them: pytest_taskctl_thread_source
+        self._open_queue(session, 1)
+        assert self.queue is not None
+        pending: deque[tuple[Claim, pytest.Item]] = deque()
+        nextitem: pytest.Item | None = None
+        while True:
+            if not pending:
+                self._refill(pending, wait=True)
+            if not pending:
+                break
+            claim, item = pending.popleft()
+            if not self.queue.still_ours(claim):
+                log.warning("join: %s went to another process while we were away", item.nodeid)
+                continue
+            if nextitem is not None and nextitem is not item:
+                tear_down_for(session, item)  # the item announced as next was dropped
+            if not pending:
+                self._refill(pending, wait=False)  # pytest tears fixtures down by nextitem
+            self._running(claim)
+            nextitem = pending[0][1] if pending else None
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            if session.shouldfail:
+                raise session.Failed(session.shouldfail)
+            if session.shouldstop:
+                raise session.Interrupted(session.shouldstop)
+        return True
+
+    def pytest_taskctl_thread_source(
+        self, session: pytest.Session, schedule: Schedule, threads: int
+    ) -> Callable[[], int | None] | None:
+        """``--thread N``: the group runner's threads take the tests this process claims."""
+        if self.membership is None:
+            return None
+        self._open_queue(session, threads)
+        assert self.queue is not None
+        feed = ThreadFeed(
+            self.queue,
+            schedule,
+            threads,
+            started=self._running,
+            stopping=self._stopping,
+            set_state=self._set_state,
+        )
+        return feed.take
+
+    def _stopping(self) -> bool:
+        """Claim nothing more: the run was cancelled or interrupted."""
+        return self.run.control.is_cancelled() or self.run.interrupted
+
+    def _running(self, claim: Claim) -> None:
+        """The claim's test starts: its result is acknowledged against this claim."""
+        self._claims[self.items[claim.index].nodeid] = claim
+
+    def _open_queue(self, session: pytest.Session, threads: int) -> None:
+        """Check the collection against the run's plan and start mirroring the queue."""
         self.items = list(session.items)
         self._settle_plan([item.nodeid for item in self.items])
         assert self.run.gateway is not None and self.attempt is not None
@@ -158,32 +216,9 @@ class JoinPlugin:
             self._give_up_record,
             self._given_up,
             self.run.writer,
+            threads,
         ).start()
         self._watch_pause(self.queue)
-        pending: deque[tuple[Claim, pytest.Item]] = deque()
-        nextitem: pytest.Item | None = None
-        while True:
-            if not pending:
-                self._refill(pending, wait=True)
-            if not pending:
-                break
-            claim, item = pending.popleft()
-            if not self.queue.still_ours(claim):
-                log.warning("join: %s went to another process while we were away", item.nodeid)
-                continue
-            if nextitem is not None and nextitem is not item:
-                _tear_down_for(session, item)  # the item announced as next was dropped
-            if not pending:
-                self._refill(pending, wait=False)  # pytest tears fixtures down by nextitem
-            self._claims[item.nodeid] = claim
-            nextitem = pending[0][1] if pending else None
-            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-            if session.shouldfail:
-                raise session.Failed(session.shouldfail)
-            if session.shouldstop:
-                raise session.Interrupted(session.shouldstop)
-        session.testsfailed += len(self.given_up)
-        return True
 
     def _watch_pause(self, queue: WorkQueue) -> None:
         """Take part in the run's PAUSED status (:mod:`.pausing`) from now on."""
@@ -197,7 +232,7 @@ class JoinPlugin:
             lambda: view.get(self.keys.run.paused),
             queue.members,
             lambda: self.membership.lease_id if self.membership else 0,
-            lambda: self.state == "IDLE",
+            lambda: self.state == "IDLE" and not run.control.busy,
             self._publish_now,
         ).attach(run.control, view, queue)
 
@@ -220,7 +255,7 @@ class JoinPlugin:
         assert queue is not None
         seen = queue.changes
         while True:
-            if self.run.control.is_cancelled() or self.run.interrupted:
+            if self._stopping():
                 return
             claims = queue.claim()
             if claims:
@@ -238,6 +273,8 @@ class JoinPlugin:
         with self._lock:
             self.counts[outcome.counter] += 1
         self._publish()
+        if self.pause is not None:
+            self.pause.update()  # its last running test ended: an idle process may be paused
         claim = self._claims.pop(nodeid, None)
         if claim is None or self.queue is None or self.attempt is None:
             return
@@ -292,19 +329,9 @@ class JoinPlugin:
         if self.pause is not None and self.pause.paused and state in ("RUNNING", "IDLE"):
             state = "PAUSED"
         with self._lock:
-            counts = dict(self.counts)
-        return dumps(
-            {
-                "worker": self.worker_id,
-                **process_identity(),
-                "state": state,
-                "counts": counts,
-                "given_up": list(self.given_up),
-                "claims": self.queue.claim_txns if self.queue else 0,
-                "started": round(self.started, 3),
-                "updated": round(time.time(), 3),
-            }
-        )
+            counts, given_up = dict(self.counts), list(self.given_up)
+        claims = self.queue.claim_txns if self.queue else 0
+        return worker_record(self.worker_id, state, counts, given_up, claims, self.started)
 
     def _publish(self, interval: float = 0.5) -> None:
         writer = self.run.writer
@@ -325,6 +352,8 @@ class JoinPlugin:
     def pytest_taskctl_run_finishing(self, run: TaskRun, session: pytest.Session) -> None:
         if self.deselected and not self.items and session.exitstatus == 5:
             session.exitstatus = pytest.ExitCode.OK  # every test passed in earlier attempts
+        if self.given_up and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # this process recorded the error
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.queue is None:
@@ -363,23 +392,5 @@ class JoinPlugin:
         if queue is not None:
             queue.stop()
         if last and gateway is not None:
-            try:
-                cancelled = run.control.cancel_seen or run.control.is_cancelled()
-                end_run(
-                    gateway, self.keys, int(self.plan.get("count", 0) or 0), cancelled, finished
-                )
-            except Exception as exc:
-                log.warning("join: could not write the run's end status: %s", exc)
-
-
-def _tear_down_for(session: pytest.Session, item: pytest.Item) -> None:
-    """Tear down what pytest kept for an announced next item that will not run here.
-
-    pytest keeps the fixtures the ``nextitem`` it was told shares with the
-    test that ended; when that item was dropped (another process runs it),
-    the item run instead may not need them, and pytest's setup asserts so.
-    """
-    try:
-        session._setupstate.teardown_exact(item)
-    except Exception as exc:
-        log.warning("join: a teardown before %s failed: %s", item.nodeid, exc)
+            cancelled = run.control.cancel_seen or run.control.is_cancelled()
+            end_run(gateway, self.keys, int(self.plan.get("count", 0) or 0), cancelled, finished)

@@ -8,11 +8,11 @@ smaller as the queue empties, as in pytest-xdist's load scheduling, so a
 faster process takes more and the last tests spread out.
 
 A result is written with ``queue/done/<index>`` and the deletion of the
-claim, guarded by the claim (:func:`.claims.acknowledge`): lease expiry is
-not proof of death, and a process presumed dead cannot overwrite the result
-of the one that took over. Claims taken ahead are checked before they run
-(:meth:`WorkQueue.still_ours`): a process stopped past its lease finds them
-handed to others and drops them.
+claim, guarded by the claim (:mod:`.acks`): lease expiry is not proof of
+death, and a process presumed dead cannot overwrite the result of the one
+that took over. Claims taken ahead are checked before they run
+(:meth:`WorkQueue.still_ours`, or the start mark on several threads): a
+process stopped past its lease finds them handed to others and drops them.
 
 A claim whose response was lost (the member in use died after committing
 it) is retried by the gateway on the next member and then fails its
@@ -25,9 +25,13 @@ process to requeue it wins a transaction that compares that nothing else
 happened to the index meanwhile. Of a dead process's claims, the one it
 claimed first (lowest claim sequence) is the one it was running -- it runs
 its claims in claim order and the rest were only taken ahead -- so only that
-one is charged with the death. A test charged ``MAX_DEATHS`` times is not
-handed out again: it is recorded as an error, so a test that kills its
-process cannot take the run down one process after another.
+one is charged with the death. A process running tests on several threads
+(``--thread``) cannot say that by order: it marks each claim when its test
+starts (:meth:`WorkQueue.mark_started`), and every test it was running is
+charged; a test charged once runs alone when handed out again, so its
+second death is its own. A test charged ``MAX_DEATHS`` times is not handed out again: it
+is recorded as an error, so a test that kills its process cannot take the
+run down one process after another.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ...etcd.gateway import (
     EtcdGateway,
     delete_op,
     key_missing,
+    mod_revision_equals,
     prefix_end,
     put_op,
     unb64,
@@ -51,7 +56,8 @@ from ...etcd.lease import Lease
 from ...etcd.watch import WatchedRange
 from ...etcd.writer import KeyWriter
 from ...records import json_object
-from .claims import Claim, Held, acknowledge
+from .acks import acknowledge
+from .claims import Claim, Held, claim_revision, still_held
 from .layout import JoinKeys, dumps, key_exists, range_op
 
 log = logging.getLogger("pytest_taskctl.plugin")
@@ -60,6 +66,8 @@ log = logging.getLogger("pytest_taskctl.plugin")
 MAX_CHUNK = 16
 #: Deaths of its process a test is charged with before it is recorded as an error.
 MAX_DEATHS = 2
+#: How often an idle process looks at the flags while it waits for requeues or the end.
+IDLE_POLL = 0.2
 
 
 #: ``(index, deaths) -> (result key, result JSON)`` for a test given up on.
@@ -79,8 +87,10 @@ class WorkQueue:
         give_up: GiveUpRecord,
         on_given_up: Callable[[int, int], None],
         writer: KeyWriter,
+        threads: int = 1,
     ) -> None:
         self.gateway = gateway
+        self.threads = threads
         self.keys = keys
         self.worker_id = worker_id
         self.count = count
@@ -99,13 +109,13 @@ class WorkQueue:
         self._orphans: dict[int, Held] = {}
         self._seq = 0
         self._changes = 0
-        self._stopping = threading.Event()
         start, end = keys.queue, prefix_end(keys.queue)
         self._view = WatchedRange(gateway, start, end)
         self._view.add_listener(self._on_change)
         self._seen_generation = 0
         #: Called after each change of the mirror, on the watch's thread.
         self.listeners: list[Callable[[], None]] = []
+        self.requests = 0  # etcd requests this process made for the queue (benchmark)
         self.claim_txns = 0
         #: Claims of ours found after a retry (the first try's answer was lost).
         self.adopted = 0
@@ -154,7 +164,13 @@ class WorkQueue:
             record = json_object(value) or {}
             deaths = int(record.get("d", 0))
             if kind == "claim":
-                self.claims[index] = Held(str(record.get("w")), int(record.get("s", 0)), deaths)
+                self.claims[index] = Held(
+                    str(record.get("w")),
+                    int(record.get("s", 0)),
+                    deaths,
+                    int(record.get("t", 1)),
+                    bool(record.get("r")),
+                )
             else:
                 self.requeued[index] = deaths
             self._orphans.pop(index, None)
@@ -210,7 +226,11 @@ class WorkQueue:
             first = running.get(held.worker, (held.seq, index))
             running[held.worker] = min(first, (held.seq, index))
         for index, held in sorted(orphans.items()):
-            deaths = held.deaths + (running[held.worker] == (held.seq, index))
+            if held.threads > 1:  # it marked what it started: each of those may have killed it
+                charged = held.started
+            else:
+                charged = running[held.worker] == (held.seq, index)
+            deaths = held.deaths + charged
             untouched = [
                 key_missing(self.keys.claim(index)),
                 key_missing(self.keys.done(index)),
@@ -243,6 +263,7 @@ class WorkQueue:
         request: dict[str, Any] = {"success": success, "compare": compare}
         if failure:
             request["failure"] = failure
+        self.requests += 1
         response: dict[str, Any] = self.gateway.call("/kv/txn", request)
         response["succeeded"] = bool(response.get("succeeded", False))
         return response
@@ -273,16 +294,13 @@ class WorkQueue:
             next_index = self.next_index
         for index, deaths in requeued:
             record = self._claim_record(deaths)
-            ops = [
-                delete_op(self.keys.requeue(index)),
-                put_op(self.keys.claim(index), record, lease),
-            ]
             claim = self.keys.claim(index)
+            ops = [delete_op(self.keys.requeue(index)), put_op(claim, record, lease)]
             response = self._txn(ops, [key_exists(self.keys.requeue(index))], [range_op(claim)])
             revision = self._claimed(response, record, 0)
             if revision:
                 self.claim_txns += 1
-                return [Claim(index, revision, deaths, lease)]
+                return [Claim(index, revision, deaths, self._seq, lease)]
         while next_index < self.count:
             size = min(self.chunk_size(next_index), self.count - next_index)
             claimed = range(next_index, next_index + size)
@@ -295,54 +313,63 @@ class WorkQueue:
             revision = self._claimed(response, record, 1)
             if revision:
                 self.claim_txns += 1
-                return [Claim(index, revision, 0, lease) for index in claimed]
+                return [Claim(index, revision, 0, self._seq, lease) for index in claimed]
             kvs = response["responses"][0]["response_range"].get("kvs", [])
             next_index = int(unb64(kvs[0].get("value")) or 0) if kvs else self.count
         return []
 
-    def _claimed(self, response: Mapping[str, Any], record: str, read: int) -> int:
-        """The claim's revision if the transaction took it (or an earlier try did), else 0.
+    def _claim_record(self, deaths: int, seq: int = 0, started: bool = False) -> str:
+        """Whose claim, its place in our claim order (we run claims in that order), deaths.
 
-        ``read``: which failure-branch read holds the claim key. A claim key
-        that holds exactly ``record`` (our worker and a sequence number used
-        once) was written by this very request, sent twice.
+        On several threads also how many (``t``) and, once its test started, ``r``.
         """
-        if response["succeeded"]:
-            return int(response["header"]["revision"])
-        kvs = response["responses"][read]["response_range"].get("kvs", [])
-        if kvs and unb64(kvs[0].get("value")) == record.encode("utf-8"):
+        if not seq:
+            self._seq += 1
+        record = {"w": self.worker_id, "s": seq or self._seq, "d": deaths}
+        if self.threads > 1:
+            record["t"] = self.threads
+        if started:
+            record["r"] = 1
+        return dumps(record)
+
+    def mark_started(self, claim: Claim) -> Claim | None:
+        """Mark ``claim`` as running (``--thread``); ``None`` when it is no longer ours.
+
+        The mark charges the right tests when this process dies with several
+        running. It rewrites the claim key, fenced like an acknowledgement,
+        which is then fenced on the new revision. Unreachable etcd: run unmarked.
+        """
+        if self.threads <= 1:
+            return claim
+        key = self.keys.claim(claim.index)
+        record = self._claim_record(claim.deaths, claim.seq, started=True)
+        try:
+            response = self._txn(
+                [put_op(key, record, claim.lease)],
+                [mod_revision_equals(key, claim.revision)],
+            )
+        except Exception as exc:
+            log.debug("join: could not mark test #%d as started: %s", claim.index, exc)
+            return claim
+        if not response["succeeded"]:
+            log.warning("join: test #%d was handed to another process; not run here", claim.index)
+            return None
+        revision = int(response["header"]["revision"])
+        return Claim(claim.index, revision, claim.deaths, claim.seq, claim.lease)
+
+    def _claimed(self, response: Mapping[str, Any], record: str, read: int) -> int:
+        """The claim's revision if the transaction took it, or an earlier try did (adopted)."""
+        revision = claim_revision(response, record, read)
+        if revision and not response["succeeded"]:
             self.adopted += 1
             log.warning("join: a claim's answer was lost on the way (etcd failover); it is ours")
-            return int(kvs[0].get("mod_revision", 0))
-        return 0
-
-    def _claim_record(self, deaths: int) -> str:
-        """Whose claim, its place in our claim order (we run claims in that order), deaths."""
-        self._seq += 1
-        return dumps({"w": self.worker_id, "s": self._seq, "d": deaths})
+        return revision
 
     def still_ours(self, claim: Claim) -> bool:
-        """Whether a claim taken ahead may still run here, asked before it starts.
+        """Whether a claim taken ahead may still run here (:func:`.claims.still_held`)."""
+        return still_held(self.gateway, self.keys, self._lease(), claim)
 
-        Surely while the lease it was taken under was kept alive lately. After
-        a stop longer than that (SIGSTOP, a frozen VM) etcd may have expired
-        the lease and the others run the claim: then etcd decides, before the
-        keep-alive thread has even noticed. A lease renewed since means the
-        old one, and its claims, are gone.
-        """
-        lease = self._lease()
-        if lease is None or lease.id != claim.lease:
-            return False
-        if lease.surely_alive():
-            return True
-        try:
-            kvs = self.gateway.range(self.keys.claim(claim.index)).kvs
-        except Exception as exc:  # etcd away: run it; its guarded result decides
-            log.debug("join: could not check claim #%d: %s", claim.index, exc)
-            return True
-        return bool(kvs) and kvs[0].mod_revision == claim.revision
-
-    # -- acknowledgements ---------------------------------------------------------
+    # -- acknowledgements (:mod:`.acks`) ------------------------------------------
 
     def ack(
         self,
@@ -351,13 +378,12 @@ class WorkQueue:
         result: str,
         on_refused: Callable[[], None] | None = None,
     ) -> GuardedWrite:
-        """Queue the result and acknowledgement of a claimed test (:func:`.claims.acknowledge`)."""
+        """Queue the result and acknowledgement of a claimed test (off the test's thread)."""
         return acknowledge(
             self.writer, self.keys, self.worker_id, claim, (result_key, result), on_refused
         )
 
     def stop(self) -> None:
-        self._stopping.set()
         self._view.stop()
         with self._cond:
             self._cond.notify_all()

@@ -10,15 +10,31 @@ so the workers and the run's status agree.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ...etcd.gateway import EtcdGateway
 from ...keys import RunKeys
+from ...process import process_identity
 from ...records import json_object
-from .layout import JoinKeys
+from .layout import JoinKeys, dumps
 
 COUNT_NAMES = ("passed", "failed", "skipped")
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
+
+
+def worker_record(
+    worker: str,
+    state: str,
+    counts: dict[str, int],
+    given_up: list[str],
+    claims: int,
+    started: float,
+) -> str:
+    """What a process writes to ``workers/<worker>`` (JSON): who, where, state and counts."""
+    record = {"worker": worker, **process_identity(), "state": state, "counts": counts}
+    record.update(given_up=given_up, claims=claims, started=round(started, 3))
+    return dumps({**record, "updated": round(time.time(), 3)})
 
 
 def read_workers(gateway: EtcdGateway, keys: RunKeys) -> list[dict[str, Any]]:

@@ -62,7 +62,10 @@ class LivePause:
 def make_plugin(config: pytest.Config, run: TaskRun) -> object | None:
     """The plugin object to register for this run, or ``None``."""
     service = config.stash[SERVICE_KEY] = LivePauses(config, run)
-    return LivePausePlugin(service)
+    plugin = LivePausePlugin(service)
+    if config.option.pause_on_failure:
+        run.report_observers.append(plugin.pause_on_failure)
+    return plugin
 
 
 class LivePausePlugin:
@@ -79,12 +82,11 @@ class LivePausePlugin:
         finally:
             _ACTIVE_ITEM.reset(token)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        if report.when == "call" and report.failed and item.config.option.pause_on_failure:
+    def pause_on_failure(
+        self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
+    ) -> None:
+        """``--pause-on-failure``: a report observer of the run (see ``TaskRun``)."""
+        if report.when == "call" and report.failed:
             decision = self.service.pause(
                 "failure",
                 item.nodeid,
@@ -96,7 +98,6 @@ class LivePausePlugin:
                 report.sections.append(
                     ("live pause", f"External failure reason: {decision.failure_reason}")
                 )
-        return report
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         lines = []

@@ -134,11 +134,17 @@ class LocalRecord:
         self.append([{"type": "attempt", "attempt": attempt, "started": round(time.time(), 3)}])
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self.append_line("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    def append_line(self, text: str) -> None:
+        """Append ``text`` (one or more JSON lines; a missing final newline is added)."""
+        if not text.endswith("\n"):
+            text += "\n"
         with self._lock:
             if self._file is None:
                 return
             try:
-                self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                self._file.write(text)
                 now = time.monotonic()
                 if now - self._flushed_at >= self.FLUSH_INTERVAL:
                     self._file.flush()

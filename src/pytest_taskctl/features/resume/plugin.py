@@ -130,6 +130,7 @@ class ResumePlugin:
         if self.source == "etcd" and previous_meta is not None:
             self._earlier_attempts = closed_attempts(previous_meta, run.previous_status)
         self._entry = entry
+        run.meta_sources.append(self._progress_fields)
         tracer = run.tracer
         if tracer is not None:
             tracer.session_span.set_attribute("pytest.run.attempt", self.attempt)
@@ -244,22 +245,34 @@ class ResumePlugin:
     # -- results -----------------------------------------------------------------------
 
     def pytest_taskctl_test_finished(self, run: TaskRun, nodeid: str, outcome: TestOutcome) -> None:
-        """Queue the test's result."""
+        """Count the test and queue its result: in etcd and in the local record.
+
+        The attempt's entry in the meta is made from the counts when the meta
+        record is written (:meth:`_progress_fields`), not here on every test.
+        """
         if not self.records:
             return
         with self._lock:
             self.counts[outcome.counter] += 1
-            if self._entry is not None:
-                left = self.to_run - self.counts["passed"] if self.to_run else None
-                self._update_attempt(left=left, counts=dict(self.counts))
+        run.control.publish_progress()
         if self.recording and not run.lost_ownership:
             # The writer's next transaction (within tens of milliseconds) makes it durable
             # in etcd; the local record is appended here, one short write per test.
-            record = result_record(nodeid, outcome, self.attempt)
-            if self.run.writer is not None:
-                key = self.keys.result(nodeid)
-                self.run.writer.put(key, json.dumps(record, ensure_ascii=False))
-            self.local.append([{"type": "result", **record}])
+            record = json.dumps(result_record(nodeid, outcome, self.attempt), ensure_ascii=False)
+            if run.writer is not None:
+                run.writer.put(self.keys.result(nodeid), record)
+            self.local.append_line('{"type":"result",' + record[1:])
+
+    def _progress_fields(self) -> dict[str, Any]:
+        """This attempt's counts and what is left, for the meta record (writer's thread)."""
+        with self._lock:
+            if self._entry is None:
+                return {}
+            self._entry = {**self._entry, "counts": dict(self.counts)}
+            fields: dict[str, Any] = {"attempts": [*self._earlier_attempts, self._entry]}
+            if self.to_run:
+                fields["left"] = self.to_run - self.counts["passed"]
+            return fields
 
     def _update_attempt(self, left: int | None = None, **fields: Any) -> None:
         """Replace this attempt's entry (and ``left``, if given) in the run's meta.
