@@ -19,8 +19,10 @@ the run's status from its mirror of ``queue/``, where those keys and the
 Each process decides again on every change of what it sees (the flag, a
 process coming or going, a paused key), so the status follows the last
 state whichever process's write lands last. A process that arrives during a
-pause is alive and not paused while it collects: the run reads ``RUNNING``
-until it reaches the gate -- no test runs meanwhile.
+pause is alive and not paused while it collects: a run already ``PAUSED``
+stays so (no test runs before its gate, and ``RUNNING`` is written only
+once the flag is cleared), one not yet ``PAUSED`` becomes so when the
+newcomer too waits at its gate.
 """
 
 from __future__ import annotations
