@@ -448,6 +448,7 @@ def test_pause_holds_every_thread_of_every_process_then_resume(
         wait_for(lambda: len(ended(stamps)) >= 4, timeout=30)
         store.set_flag("jt-pause", "paused")
         wait_for(lambda: states() == {"PAUSED"}, timeout=15)  # no thread runs a test
+        wait_for(lambda: store.get_status("jt-pause") == "PAUSED", timeout=10)  # the run too
         events = events_of(stamps)
         assert sum(kind == "S" for kind, *_ in events) == sum(kind == "E" for kind, *_ in events)
         assert len(ended(stamps)) < 30

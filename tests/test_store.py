@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pytest_taskctl import StateStore
-from pytest_taskctl.etcd.gateway import EtcdUnavailable
+from pytest_taskctl.etcd.gateway import EtcdUnavailable, mod_revision_equals, value_equals
 from pytest_taskctl.etcd.lease import Lease
 from pytest_taskctl.etcd.store import RunDied, RunEnded, UnknownRun
 from pytest_taskctl.etcd.watch import WatchedRange
@@ -241,4 +241,64 @@ def test_key_writer_put_lazy_writes_the_value_of_the_moment(store: StateStore, p
     assert writer.flush(timeout=10)
     assert store.gateway.get(key) == b"199"
     assert len(made) <= 2  # the first change at once, then the rest coalesced into one
+    writer.close()
+
+
+def test_key_writer_guarded_write_is_refused_alone(store: StateStore, prefix: str) -> None:
+    """A failed guard refuses its own writes, never the others of its batch (nested txn)."""
+    gateway = store.gateway
+    mine = gateway.put(f"{prefix}/claim/1", "mine")
+    lost = gateway.put(f"{prefix}/claim/2", "mine")
+    gateway.put(f"{prefix}/claim/2", "taken over")  # its revision moved on
+    writer = KeyWriter(gateway, min_interval=0.5)
+    writer.put(f"{prefix}/warm-up", "x")
+    assert writer.flush(timeout=10)  # the writer now pauses: what follows shares one txn
+    settled: list[object] = []
+    writer.put(f"{prefix}/plain", "p")
+    kept = writer.write_guarded(
+        [mod_revision_equals(f"{prefix}/claim/1", mine)],
+        {f"{prefix}/done/1": "d", f"{prefix}/claim/1": None},
+        on_done=settled.append,
+    )
+    refused = writer.write_guarded(
+        [mod_revision_equals(f"{prefix}/claim/2", lost)],
+        {f"{prefix}/done/2": "late", f"{prefix}/claim/2": None},
+        reads=(f"{prefix}/claim/2", f"{prefix}/done/2"),
+        on_done=settled.append,
+    )
+    assert writer.flush(timeout=10)
+    assert (kept.written, refused.written) == (True, False)
+    assert refused.found == {f"{prefix}/claim/2": b"taken over"}
+    assert settled == [kept, refused]
+    kvs = {kv.key: kv for kv in gateway.range_prefix(f"{prefix}/").kvs}
+    assert {key: kv.value for key, kv in kvs.items() if "warm" not in key} == {
+        f"{prefix}/plain": b"p",
+        f"{prefix}/done/1": b"d",
+        f"{prefix}/claim/2": b"taken over",
+    }
+    assert kvs[f"{prefix}/plain"].mod_revision == kvs[f"{prefix}/done/1"].mod_revision
+    writer.close()
+
+
+class _Owner:
+    """A fence on ``<prefix>/owner == me``; a refusal is final."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def clauses(self) -> list[dict[str, object]]:
+        return [value_equals(self.key, "me")]
+
+    def refused(self) -> bool:
+        return True
+
+
+def test_fenced_out_writer_settles_guarded_writes_unsent(store: StateStore, prefix: str) -> None:
+    store.gateway.put(f"{prefix}/owner", "someone else")
+    writer = KeyWriter(store.gateway, fence=_Owner(f"{prefix}/owner"))
+    write = writer.write_guarded([], {f"{prefix}/result": "late"})
+    assert write.done.wait(10) and write.written is None
+    assert writer.fenced and store.gateway.get(f"{prefix}/result") is None
+    after = writer.write_guarded([], {f"{prefix}/result": "later"})
+    assert after.done.is_set() and after.written is None
     writer.close()

@@ -51,6 +51,7 @@ class RunControl:
         self._running: dict[int, str] = {}
         self._waiting = 0
         self._status = ""
+        self._status_listeners: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
         self._meta_lock = threading.Lock()
         self._stopped = threading.Event()
@@ -235,10 +236,30 @@ class RunControl:
         self._status = status
         if self.writer is not None:
             self.writer.put(self.keys.status, status)
+        for listener in self._status_listeners:
+            try:
+                listener(status)
+            except Exception:
+                log.exception("status listener failed")
+
+    def add_status_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(status)`` when this process's PAUSED/RUNNING changes.
+
+        For a feature that publishes the status itself (``--join``: the run is
+        PAUSED once every process is). Called with the control's lock held:
+        the listener must only queue work, never wait.
+        """
+        self._status_listeners.append(listener)
 
     @property
     def status(self) -> str:
         return self._status
+
+    @property
+    def busy(self) -> bool:
+        """A test of this process is between the gate and its end."""
+        with self._lock:
+            return bool(self._running)
 
     def start(self, meta: Mapping[str, Any]) -> None:
         self.meta = dict(meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from .gateway import EtcdGateway
@@ -44,6 +45,9 @@ class Lease:
         self.ttl = ttl
         self.done = threading.Event()
         self.lost = False
+        #: When the last keep-alive that etcd accepted was *sent* (monotonic): the
+        #: lease lives at least until ``renewed + ttl`` whatever happened since.
+        self.renewed = time.monotonic()
         self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -55,7 +59,9 @@ class Lease:
         cls, gateway: EtcdGateway, ttl: int, on_lost: Callable[[Lease], None] | None = None
     ) -> Lease:
         """Grant a lease of ``ttl`` seconds and start keeping it alive; raises if etcd does."""
+        asked = time.monotonic()
         lease = cls(gateway, gateway.lease_grant(ttl), ttl, on_lost)
+        lease.renewed = asked
         lease._thread.start()
         return lease
 
@@ -63,6 +69,7 @@ class Lease:
         interval = max(0.5, self.ttl / 3)
         wait = interval
         while not self._stop.wait(wait):
+            sent = time.monotonic()
             try:
                 alive = self._gateway.lease_keepalive(self.id) > 0
             except Exception as exc:  # etcd away: keep trying, faster than the TTL
@@ -70,6 +77,7 @@ class Lease:
                 wait = min(RETRY_INTERVAL, interval)
                 continue
             if alive:
+                self.renewed = sent
                 wait = interval
                 continue
             if self._stop.is_set():
@@ -82,6 +90,15 @@ class Lease:
                 except Exception:
                     log.exception("lease-lost callback failed")
             return
+
+    def surely_alive(self, margin: float = 0.5) -> bool:
+        """Whether the lease cannot have expired yet, without asking etcd.
+
+        ``False`` once ``ttl - margin`` seconds passed since the last accepted
+        keep-alive was sent: after the process was stopped (SIGSTOP, a frozen
+        VM) the keep-alive thread may not have run yet, and only etcd knows.
+        """
+        return not self.done.is_set() and time.monotonic() - self.renewed < self.ttl - margin
 
     def revoke(self, timeout: float | None = None) -> None:
         """Stop the keep-alive and revoke the lease; bounded, never raises.

@@ -7,6 +7,10 @@ reach etcd in a few transactions a second, however many tests end meanwhile.
 A writer may be *fenced* on ownership: each transaction then carries the
 fence's compare clauses (the run's lease key still holds our lease), and a
 process that lost the run has its writes refused by etcd itself.
+
+A write may also carry compare clauses of its own (:meth:`KeyWriter.write_guarded`,
+:mod:`.guarded`): it rides in the same batch as a nested transaction, so a
+refused guard refuses that write alone. ``--join`` acknowledges its tests so.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +31,7 @@ from .gateway import (
     put_op,
     report_connection,
 )
+from .guarded import GuardedWrite, guarded_write, settle_all
 
 log = logging.getLogger("pytest_taskctl.store")
 
@@ -93,6 +99,8 @@ class KeyWriter:
         #: Set once the fence refused us for good: writes are dropped from then on.
         self.fenced = False
         self._pending: dict[str, _Write] = {}
+        #: Guarded writes in the order they were queued (never coalesced).
+        self._guarded: deque[GuardedWrite] = deque()
         #: When each lazy key last left in a transaction (monotonic), for its interval.
         self._written_at: dict[str, float] = {}
         self._cond = threading.Condition()
@@ -132,6 +140,36 @@ class KeyWriter:
     def delete(self, key: str) -> None:
         self._queue({key: _Write(None)})
 
+    def write_guarded(
+        self,
+        compare: list[dict[str, Any]],
+        writes: Mapping[str, str | bytes | None],
+        *,
+        lease: int = 0,
+        reads: tuple[str, ...] = (),
+        on_done: Callable[[GuardedWrite], None] | None = None,
+    ) -> GuardedWrite:
+        """Queue puts (``None``: deletes) that land, together, only while ``compare`` holds.
+
+        They go out in the next batch as one nested transaction: a failed
+        clause refuses these writes alone (``written`` is ``False``, ``found``
+        holds the ``reads``), never the batch's others. Guarded writes keep
+        their order and are not coalesced; one that shares a key with a write
+        already in the batch waits for the next transaction -- so do not
+        write a key both ways. ``on_done`` runs on the writer's thread.
+        """
+        write = guarded_write(compare, writes, lease, reads, on_done)
+        if write.weight > MAX_TXN_OPS:
+            raise ValueError(f"a guarded write of {write.weight} operations cannot fit a batch")
+        with self._cond:
+            if not self.fenced:
+                self._guarded.append(write)
+                if self._awaiting_work:  # as in _queue: a paused writer takes it with the rest
+                    self._cond.notify_all()
+                return write
+        write.settle(None)  # fenced out: nothing of ours is written any more
+        return write
+
     def _queue(self, writes: Mapping[str, _Write]) -> None:
         with self._cond:
             if self.fenced:
@@ -146,7 +184,7 @@ class KeyWriter:
     @property
     def backlog(self) -> int:
         with self._cond:
-            return len(self._pending) + self._inflight
+            return len(self._pending) + len(self._guarded) + self._inflight
 
     def flush(self, timeout: float | None = 2.0) -> bool:
         """Wait until every write queued so far has landed; ``False`` on timeout."""
@@ -155,7 +193,7 @@ class KeyWriter:
             self._flushing += 1  # lazy keys go out now, whatever their interval
             self._cond.notify_all()
             try:
-                while self._pending or self._inflight:
+                while self._pending or self._guarded or self._inflight:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
@@ -171,6 +209,10 @@ class KeyWriter:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(0.5)
+        with self._cond:
+            unsent, self._guarded = list(self._guarded), deque()
+        for write in unsent:
+            write.settle(None)
         return done
 
     def _set_healthy(self, healthy: bool, error: BaseException | None = None) -> None:
@@ -179,33 +221,45 @@ class KeyWriter:
         self.healthy = healthy
         report_connection(self._on_connection_change, healthy, error)
 
-    def _due(self, now: float) -> tuple[list[str], float | None]:
-        """Keys that may go out now (at most one transaction's worth), and when the next may.
+    def _due(self, now: float) -> tuple[list[GuardedWrite], list[str], float | None]:
+        """What may go out now (one transaction's worth), and when the next lazy key may.
 
-        Called with the lock held.
+        Guarded writes first (results wait least), in order, up to the first
+        that does not fit; then plain keys not written by them. Called with the lock held.
         """
+        guarded: list[GuardedWrite] = []
+        budget, taken = MAX_TXN_OPS, set[str]()
+        for guard in self._guarded:
+            if guard.weight > budget or not taken.isdisjoint(guard.writes):
+                break
+            guarded.append(guard)
+            budget -= guard.weight
+            taken.update(guard.writes)
         urgent = self._closing or self._flushing > 0
         ready: list[str] = []
         wake: float | None = None
         for key, write in self._pending.items():
+            if len(ready) == budget:
+                break
             due = self._written_at.get(key, 0.0) + write.interval if write.interval else 0.0
+            if key in taken:
+                continue  # a guarded write of this key goes first
             if urgent or due <= now:
                 ready.append(key)
-                if len(ready) == MAX_TXN_OPS:
-                    break
             elif wake is None or due < wake:
                 wake = due
-        return ready, wake
+        return guarded, ready, wake
 
-    def _take_batch(self) -> list[tuple[str, _Write]] | None:
+    def _take_batch(self) -> tuple[list[tuple[str, _Write]], list[GuardedWrite]] | None:
         """Wait for writes that are due and take them; ``None`` when the writer is closed."""
         with self._cond:
             while True:
-                if self._closing and (not self._pending or not self.healthy):
+                idle = not self._pending and not self._guarded
+                if self._closing and (idle or not self.healthy):
                     return None
                 now = time.monotonic()
-                keys, wake = self._due(now)
-                if keys:
+                guarded, keys, wake = self._due(now)
+                if keys or guarded:
                     break
                 self._awaiting_work = True
                 try:
@@ -216,11 +270,13 @@ class KeyWriter:
             for key, write in batch:
                 if write.interval:  # a forced write (no interval) starts no pause
                     self._written_at[key] = now
-            self._inflight = len(batch)
-            return batch
+            for _ in guarded:
+                self._guarded.popleft()
+            self._inflight = len(batch) + len(guarded)
+            return batch, guarded
 
     @staticmethod
-    def _ops(batch: list[tuple[str, _Write]]) -> list[dict[str, object]]:
+    def _ops(batch: list[tuple[str, _Write]]) -> list[dict[str, Any]]:
         ops = []
         for key, write in batch:
             if write.value is None:
@@ -234,29 +290,44 @@ class KeyWriter:
             ops.append(put_op(key, value, write.lease))
         return ops
 
-    def _drop_all(self) -> None:
+    def _drop_all(self, guarded: list[GuardedWrite]) -> None:
         """Ownership is lost: this batch and every pending or later write are dropped."""
         with self._cond:
             self.fenced = True
             self._pending.clear()
+            guarded = guarded + list(self._guarded)
+            self._guarded.clear()
+        for write in guarded:
+            write.settle(None)
+        with self._cond:
             self._inflight = 0
             self._cond.notify_all()
 
+    def _send(self, ops: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """One transaction under the fence; ``None`` when the fence refused it."""
+        request: dict[str, Any] = {"success": ops}
+        if self._fence is not None:
+            request["compare"] = self._fence.clauses()
+        response: dict[str, Any] = self._gateway.call("/kv/txn", request)
+        return response if response.get("succeeded", False) else None
+
     def _run(self) -> None:
         backoff = 0.05
-        while (batch := self._take_batch()) is not None:
+        while (taken := self._take_batch()) is not None:
+            batch, guarded = taken
             try:
-                ops = self._ops(batch)
-                fence = self._fence.clauses() if self._fence is not None else None
-                if ops and not self._gateway.txn(ops, fence) and self._fence is not None:
+                ops = self._ops(batch) + [write.op() for write in guarded]
+                response = self._send(ops) if ops else {}
+                if response is None and self._fence is not None:
                     if self._fence.refused():
-                        self._drop_all()
+                        self._drop_all(guarded)
                         continue
                     raise FencePending("the fence failed while ownership is renewed")
             except Exception as exc:
                 with self._cond:
                     for key, write in batch:
                         self._pending.setdefault(key, write)  # a newer write wins
+                    self._guarded.extendleft(reversed(guarded))  # first again, in order
                     self._inflight = 0
                     self._cond.notify_all()
                 self.failed_batches += 1
@@ -267,6 +338,7 @@ class KeyWriter:
                         self._cond.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
                 continue
+            settle_all(guarded, response or {})  # before inflight is 0: a flush sees them settled
             with self._cond:
                 self._inflight = 0
                 self._cond.notify_all()

@@ -2,9 +2,11 @@
 
 No coordinator of our own: every process collects, checks its collection
 against the run's plan, and claims tests from a queue in etcd as it goes
-(:mod:`.queue`, results landed by :mod:`.acks`); processes share the run id
-through a shared lease (:mod:`.membership`). With ``--thread N`` the group
-runner's threads run what their process claims (:mod:`.threads`).
+(:mod:`.queue`, results acknowledged through the run's writer by
+:mod:`.acks`); processes share the run id through a shared lease
+(:mod:`.membership`), the run's PAUSED status (:mod:`.pausing`) and its end
+(:mod:`.ending`). With ``--thread N`` the group runner's threads run what
+their process claims (:mod:`.threads`).
 :func:`make_plugin` checks the options that cannot be combined with
 ``--join`` (pytest-xdist) and returns the plugin object.
 """

@@ -13,6 +13,8 @@ the pause/cancel flags never sees the stream of claims and acknowledgements.
   transaction that also deletes the claim;
 * ``queue/requeue/<index>``: a claim whose process died, waiting for a taker;
 * ``queue/alive/<worker>``: a live process, attached to its lease;
+* ``queue/paused/<worker>``: the process runs no test while the run is
+  paused (attached to its lease); the run is PAUSED once every live one has it;
 * ``workers/<worker>``: a process's record (host, pid, state, counts), kept
   after it leaves so ``taskctl status`` shows who ran what.
 """
@@ -64,6 +66,13 @@ class JoinKeys:
 
     def alive(self, worker: str) -> str:
         return self.alive_prefix + worker
+
+    @property
+    def paused_prefix(self) -> str:
+        return self.run.queue + "paused/"
+
+    def paused_worker(self, worker: str) -> str:
+        return self.paused_prefix + worker
 
     def worker(self, worker: str) -> str:
         return self.run.workers + worker

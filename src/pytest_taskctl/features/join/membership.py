@@ -37,8 +37,9 @@ from .layout import JoinKeys, dumps
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-#: A dead process's claims return to the queue this long after its last keep-alive.
-WORKER_TTL = 6
+#: A dead process's claims return to the queue this long after its last keep-alive
+#: (``PYTEST_TASKCTL_LEASE_TTL`` shortens it too: tests of a stopped process).
+WORKER_TTL = min(6, LEASE_TTL)
 #: Attempts at opening or joining when other processes change the run meanwhile.
 JOIN_TRIES = 5
 
@@ -179,10 +180,12 @@ class Membership:
         self.gateway.put(self.keys.alive(self.worker_id), "1", self.lease.id)
 
     def _renew(self, expired: Lease) -> None:
-        """etcd was away longer than ``WORKER_TTL``: our claims are gone; come back as new.
+        """etcd or this process was away longer than ``WORKER_TTL``: our claims are gone;
+        come back as new.
 
         Results of tests claimed under the old lease are refused by their
-        fenced acknowledgement, and the others rerun those tests.
+        guarded acknowledgement, the others rerun those tests, and claims taken
+        ahead under it are dropped before they run.
         """
         while not self._left.is_set():
             try:
@@ -190,7 +193,9 @@ class Membership:
                     if self._left.is_set():
                         return
                     self._register()
-                log.warning("join: our lease expired while etcd was away; took a new one")
+                log.warning(
+                    "join: our lease expired (etcd or this process was away); took a new one"
+                )
                 return
             except Exception as exc:
                 log.debug("could not renew the join lease: %s", exc)

@@ -18,19 +18,22 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ...etcd.gateway import prefix_end, put_op
+from ...etcd.gateway import prefix_end
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
 from ...process import process_identity
 from ...records import json_object
 from ..resume import passed_identities, result_record
-from .claims import Claim
-from .layout import JoinKeys, dumps
+from .claims import Claim, tear_down_for
+from .ending import end_run
+from .layout import JoinKeys
 from .membership import Attempt, JoinRefused, Membership, new_worker_id
+from .pausing import JoinedPause
 from .plan import PlanMismatch, settle_plan
 from .queue import IDLE_POLL, WorkQueue
 from .threads import ThreadFeed
 from .tracelink import link_session
+from .workers import worker_record
 
 if TYPE_CHECKING:
     from ...run import TaskRun
@@ -40,7 +43,6 @@ log = logging.getLogger("pytest_taskctl.plugin")
 
 #: How long the last acknowledgements may take when the process leaves.
 ACK_DEADLINE = 5.0
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "INTERRUPTED")
 
 
 class JoinPlugin:
@@ -63,6 +65,9 @@ class JoinPlugin:
         self.deselected = 0
         self.counts = {"passed": 0, "failed": 0, "skipped": 0}
         self.given_up: list[str] = []
+        #: Tests this process ran whose results were refused: others had taken them over.
+        self.discarded: list[str] = []
+        self.pause: JoinedPause | None = None
         self.state = "STARTING"
         self.started = time.time()
         self._lock = threading.Lock()
@@ -145,13 +150,20 @@ class JoinPlugin:
         if self.threads > 1 and session.items:
             return None  # the group runner's threads run them: pytest_taskctl_thread_source
         self._open_queue(session, 1)
+        assert self.queue is not None
         pending: deque[tuple[Claim, pytest.Item]] = deque()
+        nextitem: pytest.Item | None = None
         while True:
             if not pending:
                 self._refill(pending, wait=True)
             if not pending:
                 break
             claim, item = pending.popleft()
+            if not self.queue.still_ours(claim):
+                log.warning("join: %s went to another process while we were away", item.nodeid)
+                continue
+            if nextitem is not None and nextitem is not item:
+                tear_down_for(session, item)  # the item announced as next was dropped
             if not pending:
                 self._refill(pending, wait=False)  # pytest tears fixtures down by nextitem
             self._running(claim)
@@ -194,16 +206,35 @@ class JoinPlugin:
         self.items = list(session.items)
         self._settle_plan([item.nodeid for item in self.items])
         assert self.run.gateway is not None and self.attempt is not None
+        assert self.run.writer is not None  # made with the gateway
         self.queue = WorkQueue(
             self.run.gateway,
             self.keys,
             self.worker_id,
             len(self.items),
-            lambda: self.membership.lease_id if self.membership else 0,
+            lambda: self.membership.lease if self.membership else None,
             self._give_up_record,
             self._given_up,
+            self.run.writer,
             threads,
         ).start()
+        self._watch_pause(self.queue)
+
+    def _watch_pause(self, queue: WorkQueue) -> None:
+        """Take part in the run's PAUSED status (:mod:`.pausing`) from now on."""
+        run, view = self.run, self.run.view
+        if run.writer is None or view is None:
+            return  # no watched flags (etcd went away at the start): no pause either
+        self.pause = JoinedPause(
+            self.keys,
+            self.worker_id,
+            run.writer,
+            lambda: view.get(self.keys.run.paused),
+            queue.members,
+            lambda: self.membership.lease_id if self.membership else 0,
+            lambda: self.state == "IDLE" and not run.control.busy,
+            self._publish_now,
+        ).attach(run.control, view, queue)
 
     def _settle_plan(self, nodeids: list[str]) -> None:
         assert self.run.gateway is not None and self.attempt is not None
@@ -242,12 +273,26 @@ class JoinPlugin:
         with self._lock:
             self.counts[outcome.counter] += 1
         self._publish()
+        if self.pause is not None:
+            self.pause.update()  # its last running test ended: an idle process may be paused
         claim = self._claims.pop(nodeid, None)
         if claim is None or self.queue is None or self.attempt is None:
             return
         record = result_record(nodeid, outcome, self.attempt.number)
         record["worker"] = self.worker_id
-        self.queue.ack(claim, self.keys.run.result(nodeid), json.dumps(record, ensure_ascii=False))
+        self.queue.ack(
+            claim,
+            self.keys.run.result(nodeid),
+            json.dumps(record, ensure_ascii=False),
+            lambda: self._discard(nodeid, outcome.counter),
+        )
+
+    def _discard(self, nodeid: str, counter: str) -> None:
+        """Our result was refused (another process ran the test meanwhile): theirs counts."""
+        with self._lock:
+            self.counts[counter] -= 1
+            self.discarded.append(nodeid)
+        self._publish_now()
 
     def _give_up_record(self, index: int, deaths: int) -> tuple[str, str]:
         nodeid = self.items[index].nodeid
@@ -276,30 +321,26 @@ class JoinPlugin:
         if state != self.state:
             self.state = state
             self._publish()
+            if self.pause is not None:
+                self.pause.update()  # idle under the pause flag counts as paused
 
     def _worker_json(self) -> str:
         state = self.state
-        if state == "RUNNING" and self.run.control.status == "PAUSED":
+        if self.pause is not None and self.pause.paused and state in ("RUNNING", "IDLE"):
             state = "PAUSED"
         with self._lock:
-            counts = dict(self.counts)
-        return dumps(
-            {
-                "worker": self.worker_id,
-                **process_identity(),
-                "state": state,
-                "counts": counts,
-                "given_up": list(self.given_up),
-                "claims": self.queue.claim_txns if self.queue else 0,
-                "started": round(self.started, 3),
-                "updated": round(time.time(), 3),
-            }
-        )
+            counts, given_up = dict(self.counts), list(self.given_up)
+        claims = self.queue.claim_txns if self.queue else 0
+        return worker_record(self.worker_id, state, counts, given_up, claims, self.started)
 
-    def _publish(self) -> None:
+    def _publish(self, interval: float = 0.5) -> None:
         writer = self.run.writer
         if writer is not None:
-            writer.put_lazy(self.keys.worker(self.worker_id), self._worker_json, interval=0.5)
+            writer.put_lazy(self.keys.worker(self.worker_id), self._worker_json, interval=interval)
+
+    def _publish_now(self) -> None:
+        """The record with the next batch (with our paused key): ``taskctl status`` agrees."""
+        self._publish(interval=0.0)
 
     def _beat(self) -> None:
         """Republish now and then: a pause holds the loop, and the record says PAUSED."""
@@ -317,19 +358,27 @@ class JoinPlugin:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.queue is None:
             return
-        ran = sum(self.counts.values())
+        ran = sum(self.counts.values()) + len(self.discarded)
         terminalreporter.write_line(
             f"taskctl: join: this process ran {ran} of the run's {self.queue.count} tests "
             f"({self.queue.claim_txns} claims) as {self.worker_id}"
         )
+        if self.discarded:
+            terminalreporter.write_line(
+                f"taskctl: join: {len(self.discarded)} result(s) of this process were not "
+                "recorded: another process ran those tests while this one was stopped past "
+                "its lease (theirs count): " + ", ".join(self.discarded)
+            )
 
     def pytest_taskctl_run_closing(self, run: TaskRun) -> None:
         """Land the last results, leave; the last process out writes the run's end status."""
         self._heartbeat.set()
         if self.membership is None:
             return
+        if self.pause is not None:
+            self.pause.stop()
         queue = self.queue
-        if queue is not None and not queue.flush(ACK_DEADLINE):
+        if run.writer is not None and not run.writer.flush(ACK_DEADLINE):
             log.warning("join: the last results did not reach etcd within %s s", ACK_DEADLINE)
         self.state = run.final_status or "INTERRUPTED"
         gateway = run.gateway
@@ -343,36 +392,5 @@ class JoinPlugin:
         if queue is not None:
             queue.stop()
         if last and gateway is not None:
-            try:
-                self._end_run(run, finished)
-            except Exception as exc:
-                log.warning("join: could not write the run's end status: %s", exc)
-
-    def _end_run(self, run: TaskRun, finished: bool) -> None:
-        """The run's status and meta from every process's record; written by the last one out."""
-        assert run.gateway is not None
-        workers = [
-            json_object(kv.value) or {}
-            for kv in run.gateway.range_prefix(self.keys.run.workers).kvs
-        ]
-        counts = {name: 0 for name in self.counts}
-        for worker in workers:
-            for name in counts:
-                counts[name] += int((worker.get("counts") or {}).get(name, 0))
-        if run.control.cancel_seen or run.control.is_cancelled():
-            status = "CANCELLED"
-        elif not finished:
-            status = "INTERRUPTED"
-        else:
-            status = "FAILED" if counts["failed"] else "COMPLETED"
-        meta = json_object(run.gateway.get(self.keys.run.meta)) or {}
-        total = int(self.plan.get("count", 0) or 0)
-        meta.update(
-            status=status,
-            ended=time.time(),
-            workers=len(workers),
-            counts={**counts, "total": total, "remaining": max(0, total - sum(counts.values()))},
-        )
-        run.gateway.txn(
-            [put_op(self.keys.run.meta, dumps(meta)), put_op(self.keys.run.status, status)]
-        )
+            cancelled = run.control.cancel_seen or run.control.is_cancelled()
+            end_run(gateway, self.keys, int(self.plan.get("count", 0) or 0), cancelled, finished)

@@ -1,4 +1,4 @@
-"""The shared queue of a joined run: claims in chunks, fenced acknowledgements, requeues.
+"""The shared queue of a joined run: claims in chunks, guarded acknowledgements, requeues.
 
 Tests are named by their index in the plan. A process claims a chunk of
 indexes with one transaction that moves ``queue/next`` (compared on its
@@ -7,11 +7,17 @@ value, so two processes never take the same index) and writes one
 smaller as the queue empties, as in pytest-xdist's load scheduling, so a
 faster process takes more and the last tests spread out.
 
-A result is written together with ``queue/done/<index>`` and the deletion
-of the claim, fenced on the claim key's revision (:mod:`.acks`): a process
-that was presumed dead (its lease expired, its tests requeued) cannot
-overwrite the result of the process that took over. Lease expiry is not
-proof of death; the fence makes it safe.
+A result is written with ``queue/done/<index>`` and the deletion of the
+claim, guarded by the claim (:mod:`.acks`): lease expiry is not proof of
+death, and a process presumed dead cannot overwrite the result of the one
+that took over. Claims taken ahead are checked before they run
+(:meth:`WorkQueue.still_ours`, or the start mark on several threads): a
+process stopped past its lease finds them handed to others and drops them.
+
+A claim whose response was lost (the member in use died after committing
+it) is retried by the gateway on the next member and then fails its
+compare; its failure branch reads the claim key back, and a claim that
+names us with the sequence number we just used is ours after all.
 
 Every process mirrors ``queue/`` through a supervised watch. A claim deleted
 without a ``done`` is an orphan (its process's lease expired): the first
@@ -45,10 +51,13 @@ from ...etcd.gateway import (
     unb64,
     value_equals,
 )
+from ...etcd.guarded import GuardedWrite
+from ...etcd.lease import Lease
 from ...etcd.watch import WatchedRange
+from ...etcd.writer import KeyWriter
 from ...records import json_object
-from .acks import Acknowledgements
-from .claims import Ack, Claim, Held
+from .acks import acknowledge
+from .claims import Claim, Held, claim_revision, still_held
 from .layout import JoinKeys, dumps, key_exists, range_op
 
 log = logging.getLogger("pytest_taskctl.plugin")
@@ -74,9 +83,10 @@ class WorkQueue:
         keys: JoinKeys,
         worker_id: str,
         count: int,
-        lease_id: Callable[[], int],
+        lease: Callable[[], Lease | None],
         give_up: GiveUpRecord,
         on_given_up: Callable[[int, int], None],
+        writer: KeyWriter,
         threads: int = 1,
     ) -> None:
         self.gateway = gateway
@@ -84,7 +94,8 @@ class WorkQueue:
         self.keys = keys
         self.worker_id = worker_id
         self.count = count
-        self._lease_id = lease_id
+        self._lease = lease
+        self.writer = writer
         self._give_up = give_up
         self._on_given_up = on_given_up
         self._cond = threading.Condition()
@@ -93,6 +104,8 @@ class WorkQueue:
         self.done: set[int] = set()
         self.requeued: dict[int, int] = {}
         self.alive: set[str] = set()
+        #: Processes whose every test waits at the pause gate (``queue/paused/<worker>``).
+        self.paused: set[str] = set()
         self._orphans: dict[int, Held] = {}
         self._seq = 0
         self._changes = 0
@@ -100,13 +113,15 @@ class WorkQueue:
         self._view = WatchedRange(gateway, start, end)
         self._view.add_listener(self._on_change)
         self._seen_generation = 0
+        #: Called after each change of the mirror, on the watch's thread.
+        self.listeners: list[Callable[[], None]] = []
         self.requests = 0  # etcd requests this process made for the queue (benchmark)
         self.claim_txns = 0
-        self._acks = Acknowledgements(keys, worker_id, self._txn)
+        #: Claims of ours found after a retry (the first try's answer was lost).
+        self.adopted = 0
 
     def start(self) -> WorkQueue:
         self._view.start()
-        self._acks.start()
         return self
 
     # -- the mirror -------------------------------------------------------------
@@ -127,12 +142,19 @@ class WorkQueue:
         with self._cond:
             return self._changes
 
+    def members(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The live processes and the paused ones, as the mirror shows them."""
+        with self._cond:
+            return frozenset(self.alive), frozenset(self.paused)
+
     def _put(self, key: str, value: bytes) -> None:
         kind, name = self.keys.parse(key) or ("", "")
         if kind == "next":
             self.next_index = int(value or 0)
         elif kind == "alive":
             self.alive.add(name)
+        elif kind == "paused":
+            self.paused.add(name)
         elif kind in ("claim", "requeue", "done"):
             index = int(name)
             if kind == "done":
@@ -168,6 +190,8 @@ class WorkQueue:
                 what, name = self.keys.parse(key) or ("", "")
                 if what == "alive":
                     self.alive.discard(name)
+                elif what == "paused":
+                    self.paused.discard(name)
                 elif what == "requeue":
                     self.requeued.pop(int(name), None)
                 elif what == "done":
@@ -185,6 +209,11 @@ class WorkQueue:
             self._changes += 1
             self._cond.notify_all()
         self._reap()
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("join: a listener of the queue failed")
 
     # -- requeue ----------------------------------------------------------------
 
@@ -245,36 +274,46 @@ class WorkQueue:
         return max(1, min(MAX_CHUNK, (self.count - next_index) // (4 * live)))
 
     def claim(self) -> list[Claim]:
-        """Claim requeued tests first, else a chunk of fresh ones; ``[]`` when none is free."""
-        lease = self._lease_id()
-        if not lease:
+        """Claim requeued tests first, else a chunk of fresh ones; ``[]`` when none is free.
+
+        Also ``[]`` while etcd does not answer or our lease is being renewed:
+        the caller waits for a change of the queue and asks again.
+        """
+        lease = self._lease()
+        if lease is None or lease.done.is_set():
             return []
+        try:
+            return self._claim(lease.id)
+        except Exception as exc:
+            log.debug("join: claiming failed, trying again: %s", exc)
+            return []
+
+    def _claim(self, lease: int) -> list[Claim]:
         with self._cond:
             requeued = sorted(self.requeued.items())
             next_index = self.next_index
         for index, deaths in requeued:
             record = self._claim_record(deaths)
-            ops = [
-                delete_op(self.keys.requeue(index)),
-                put_op(self.keys.claim(index), record, lease),
-            ]
-            response = self._txn(ops, [key_exists(self.keys.requeue(index))])
-            if response["succeeded"]:
+            claim = self.keys.claim(index)
+            ops = [delete_op(self.keys.requeue(index)), put_op(claim, record, lease)]
+            response = self._txn(ops, [key_exists(self.keys.requeue(index))], [range_op(claim)])
+            revision = self._claimed(response, record, 0)
+            if revision:
                 self.claim_txns += 1
-                return [Claim(index, int(response["header"]["revision"]), deaths, self._seq)]
+                return [Claim(index, revision, deaths, self._seq, lease)]
         while next_index < self.count:
             size = min(self.chunk_size(next_index), self.count - next_index)
             claimed = range(next_index, next_index + size)
             record = self._claim_record(0)
             ops = [put_op(self.keys.next, str(next_index + size))]
             ops += [put_op(self.keys.claim(index), record, lease) for index in claimed]
-            response = self._txn(
-                ops, [value_equals(self.keys.next, str(next_index))], [range_op(self.keys.next)]
-            )
-            if response["succeeded"]:
+            compare = [value_equals(self.keys.next, str(next_index))]
+            failure = [range_op(self.keys.next), range_op(self.keys.claim(next_index))]
+            response = self._txn(ops, compare, failure)
+            revision = self._claimed(response, record, 1)
+            if revision:
                 self.claim_txns += 1
-                revision = int(response["header"]["revision"])
-                return [Claim(index, revision, 0, self._seq) for index in claimed]
+                return [Claim(index, revision, 0, self._seq, lease) for index in claimed]
             kvs = response["responses"][0]["response_range"].get("kvs", [])
             next_index = int(unb64(kvs[0].get("value")) or 0) if kvs else self.count
         return []
@@ -306,7 +345,7 @@ class WorkQueue:
         record = self._claim_record(claim.deaths, claim.seq, started=True)
         try:
             response = self._txn(
-                [put_op(key, record, self._lease_id())],
+                [put_op(key, record, claim.lease)],
                 [mod_revision_equals(key, claim.revision)],
             )
         except Exception as exc:
@@ -316,20 +355,35 @@ class WorkQueue:
             log.warning("join: test #%d was handed to another process; not run here", claim.index)
             return None
         revision = int(response["header"]["revision"])
-        return Claim(claim.index, revision, claim.deaths, claim.seq)
+        return Claim(claim.index, revision, claim.deaths, claim.seq, claim.lease)
+
+    def _claimed(self, response: Mapping[str, Any], record: str, read: int) -> int:
+        """The claim's revision if the transaction took it, or an earlier try did (adopted)."""
+        revision = claim_revision(response, record, read)
+        if revision and not response["succeeded"]:
+            self.adopted += 1
+            log.warning("join: a claim's answer was lost on the way (etcd failover); it is ours")
+        return revision
+
+    def still_ours(self, claim: Claim) -> bool:
+        """Whether a claim taken ahead may still run here (:func:`.claims.still_held`)."""
+        return still_held(self.gateway, self.keys, self._lease(), claim)
 
     # -- acknowledgements (:mod:`.acks`) ------------------------------------------
 
-    def ack(self, claim: Claim, result_key: str, result: str) -> Ack:
+    def ack(
+        self,
+        claim: Claim,
+        result_key: str,
+        result: str,
+        on_refused: Callable[[], None] | None = None,
+    ) -> GuardedWrite:
         """Queue the result and acknowledgement of a claimed test (off the test's thread)."""
-        return self._acks.ack(claim, result_key, result)
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every queued acknowledgement was sent (or refused by its fence)."""
-        return self._acks.flush(timeout)
+        return acknowledge(
+            self.writer, self.keys, self.worker_id, claim, (result_key, result), on_refused
+        )
 
     def stop(self) -> None:
         self._view.stop()
         with self._cond:
             self._cond.notify_all()
-        self._acks.stop()
