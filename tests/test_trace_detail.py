@@ -131,6 +131,33 @@ def test_default_detail_shows_phases_fixtures_logs_and_exceptions(ptr: pytest.Py
         assert not any(is_error(s) or events(s, "exception") for s in [test, *trace.children(test)])
 
 
+def test_phase_spans_lie_within_their_test_and_one_ended_by_pytest_exit_is_kept(
+    ptr: pytest.Pytester,
+) -> None:
+    ptr.makepyfile(
+        test_exit="""
+        import pytest
+
+        def test_done():
+            pass
+
+        def test_stops_the_run():
+            pytest.exit("operator said stop")
+        """
+    )
+    result = ptr.runpytest("--run-id", "exit-1")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    trace = Trace(read_spans(ptr.path / "logs" / "exit-1" / "traces.jsonl"))
+    done = next(s for s in trace.spans if s["name"] == "test_exit.py::test_done")
+    for phase in trace.children(done):
+        assert int(done["startTimeUnixNano"]) <= int(phase["startTimeUnixNano"])
+        assert int(phase["endTimeUnixNano"]) <= int(done["endTimeUnixNano"])
+    stopped = next(s for s in trace.spans if s["name"] == "test_exit.py::test_stops_the_run")
+    assert [s["name"] for s in trace.children(stopped)] == ["setup", "call"]
+    assert attributes(stopped)["pytest.outcome"] == "error", "its setup passed, but not the test"
+    assert is_error(stopped) and stopped["status"]["message"] == "call: interrupted"
+
+
 def test_phases_detail_has_no_fixture_spans(ptr: pytest.Pytester) -> None:
     trace = Trace(run(ptr, "--taskctl-span-detail", "phases"))
     names = Counter(span["name"] for span in trace.spans)

@@ -152,7 +152,9 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     finally:
         if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
             run.control.test_finished(None)
-            outcome = run.outcomes.pop(item.nodeid, None) or TestOutcome.interrupted()
+            outcome = run.outcomes.pop(item.nodeid, None)  # a failure before it is kept
+            if outcome is None or outcome.word not in ("failed", "error"):
+                outcome = TestOutcome.interrupted()
             run.tracer.end_test(span, token, outcome)
 
 

@@ -5,10 +5,12 @@ the phase spans do the first, their ``exception`` events the second. Each
 phase span is current while its phase runs, so fixture spans, log events and
 HTTP client spans of that phase land under it.
 
-A phase span is started by a hook wrapper around the phase and ended by the
-report of that phase (:meth:`PhaseSpans.phase_reported`), with the
-end time taken when the phase returned: only the report knows whether the
-phase failed (an ``xfail`` raises but does not fail) and carries its exception.
+A phase span is started by a plain ``tryfirst`` hook of the phase and ended
+by the report of that phase (:meth:`PhaseSpans.phase_reported`), at the time
+the phase returned (``CallInfo.stop``): only the report knows whether the
+phase failed (an ``xfail`` raises but does not fail) and carries its
+exception. Plain hooks rather than wrappers: three generator wrappers per
+test cost more than the spans themselves.
 
 Registered by the plugin only when ``--taskctl-span-detail`` asks for it, and
 :class:`FixtureSpans` (a ``pytest_fixture_setup`` wrapper) only for
@@ -17,8 +19,9 @@ Registered by the plugin only when ``--taskctl-span-detail`` asks for it, and
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable, Generator
+from contextvars import Token
 from typing import Any
 
 import pytest
@@ -26,9 +29,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .events import is_failure, record_failure
-
-#: The running phase's span and the time (ns) its phase returned, until its report.
-PHASE_KEY = pytest.StashKey[tuple[trace.Span, int]]()
 
 #: The run's ``child_span(name, attributes)`` once the session started, else None.
 SpanSource = Callable[[], "Callable[[str, dict[str, Any] | None], trace.Span] | None"]
@@ -40,51 +40,47 @@ class PhaseSpans:
     def __init__(self, spans_of: SpanSource) -> None:
         #: Asked once per phase: the run's tracer exists only from session start.
         self._spans_of = spans_of
+        #: The running phase's span and context token, per thread (``--thread``), until
+        #: its report; what is left at an interrupt is ended there.
+        self._open: dict[int, tuple[trace.Span, Token[otel_context.Context]]] = {}
 
-    def _phase(self, item: pytest.Item, name: str) -> Generator[None, object, object]:
+    def _start(self, name: str) -> None:
         child_span = self._spans_of()
-        if child_span is None:
-            return (yield)
-        span = child_span(name, None)  # parent: the test's span, current here
-        token = otel_context.attach(trace.set_span_in_context(span))
-        reported = True
-        try:
-            return (yield)
-        except (KeyboardInterrupt, pytest.exit.Exception):
-            reported = False  # pytest re-raises these without a report
-            raise
-        finally:
-            otel_context.detach(token)
-            if reported:
-                item.stash[PHASE_KEY] = (span, time.time_ns())
-            else:
-                span.end()
+        if child_span is not None:
+            span = child_span(name, None)  # parent: the test's span, current here
+            token = otel_context.attach(trace.set_span_in_context(span))
+            self._open[threading.get_ident()] = (span, token)
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
-        return (yield from self._phase(item, "setup"))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self) -> None:
+        self._start("setup")
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        return (yield from self._phase(item, "call"))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self) -> None:
+        self._start("call")
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        return (yield from self._phase(item, "teardown"))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self) -> None:
+        self._start("teardown")
 
     def phase_reported(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
     ) -> None:
         """End the phase's span (a report observer of the run, see ``TaskRun``)."""
-        pending = item.stash.get(PHASE_KEY, None)
+        pending = self._open.pop(threading.get_ident(), None)
         if pending is not None:
-            del item.stash[PHASE_KEY]
-            span, end_time = pending
+            span, token = pending
+            otel_context.detach(token)
+            end_time = int(call.stop * 1e9)
             if report.failed and call.excinfo is not None:
                 record_failure(span, call.excinfo.value, end_time)
             span.end(end_time=end_time)
+
+    def pytest_keyboard_interrupt(self) -> None:
+        """Ctrl-C or ``pytest.exit`` in a phase: no report comes, the span ends here."""
+        for span, _ in list(self._open.values()):
+            span.end()
+        self._open.clear()
 
 
 class FixtureSpans:
