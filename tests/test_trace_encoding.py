@@ -87,6 +87,8 @@ def test_json_line_equals_the_otlp_json_file_exporter(tmp_path: Path) -> None:
     parsed = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert parsed["traceId"] == "0af7651916cd43dd8448eb211c80319c", "ids in hex"
     assert parsed["flags"] == 0x300, "a remote parent is flagged as such"
+    # Without an OTLP destination only the JSON is made: the same line.
+    assert encode_request(spans, protobuf=False) == (line, b"")
 
 
 def test_many_spans_are_split_into_requests_of_bounded_size(tmp_path: Path) -> None:

@@ -113,88 +113,103 @@ def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[str, 
     return "[" + ",".join(out_json) + "]", bytes(out_pb)
 
 
-def encode_span(span: ReadableSpan) -> tuple[str, bytes]:
-    """One span as OTLP ``Span``: (JSON object text, protobuf bytes).
+def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
+    """One span as OTLP ``Span``: (JSON object text, protobuf bytes or ``b""``).
 
     ``span`` is an SDK ``ReadableSpan`` or a :class:`~.spans.LightSpan`: only
     the attributes both have are read. The JSON is written as text: ids,
     numbers and cached attributes need no escaping, and building dicts for
-    :func:`json.dumps` cost as much as the protobuf.
+    :func:`json.dumps` cost as much as the protobuf. Without an OTLP
+    destination (``protobuf=False``) the protobuf half, ~40% of the work, is skipped.
     """
     context = span.get_span_context()
     assert context is not None
     trace_id = context.trace_id.to_bytes(16, "big")
     span_id = context.span_id.to_bytes(8, "big")
     parent = span.parent
+    parent_id = parent.span_id.to_bytes(8, "big") if parent is not None else None
     flags = HAS_IS_REMOTE | (IS_REMOTE if parent is not None and parent.is_remote else 0)
+    state = context.trace_state.to_header() if context.trace_state else ""
     start = span.start_time or 0
     end = span.end_time or 0
     kind = span.kind.value + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
-    js = ['{"traceId":"', trace_id.hex(), '","spanId":"', span_id.hex(), '"']
-    pb = bytearray(_field(1, trace_id) + _field(2, span_id))
-    if context.trace_state:
-        state = context.trace_state.to_header()
-        js += (',"traceState":', _json_string(state))
-        pb += _field(3, state.encode())
-    if parent is not None:
-        parent_id = parent.span_id.to_bytes(8, "big")
-        js += (',"parentSpanId":"', parent_id.hex(), '"')
-        pb += _field(4, parent_id)
     name = span.name
+    attributes_json, attributes_pb = _attributes(span.attributes, 9)
+    status = span.status
+    code = status.status_code.value  # UNSET 0, OK 1, ERROR 2: the same numbers in OTLP
+
+    js = ['{"traceId":"', trace_id.hex(), '","spanId":"', span_id.hex(), '"']
+    if state:
+        js += (',"traceState":', _json_string(state))
+    if parent_id is not None:
+        js += (',"parentSpanId":"', parent_id.hex(), '"')
     js.append(
         f',"flags":{flags},"name":{_json_string(name)},"kind":{kind},'
         f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"'
     )
-    pb += _field(5, name.encode()) + b"\x30" + _varint(kind)
-    pb += b"\x39" + _FIXED64(start) + b"\x41" + _FIXED64(end)
-    attributes_json, attributes_pb = _attributes(span.attributes, 9)
     if attributes_json:
         js += (',"attributes":', attributes_json)
-        pb += attributes_pb
     if span.events:
         events = []
         for event in span.events:
-            event_attributes, event_attributes_pb = _attributes(event.attributes, 3)
             event_js = f'{{"timeUnixNano":"{event.timestamp}","name":{_json_string(event.name)}'
+            event_attributes = _attributes(event.attributes, 3)[0]
             if event_attributes:
                 event_js += ',"attributes":' + event_attributes
             events.append(event_js + "}")
-            body = b"\x09" + _FIXED64(event.timestamp) + _field(2, event.name.encode())
-            pb += _field(11, body + event_attributes_pb)
         js += (',"events":[', ",".join(events), "]")
     if span.links:
         links = []
         for link in span.links:
             linked = link.context
             link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
-            link_trace = linked.trace_id.to_bytes(16, "big")
-            link_span = linked.span_id.to_bytes(8, "big")
-            link_js = f'{{"traceId":"{link_trace.hex()}","spanId":"{link_span.hex()}"'
-            link_attributes, link_attributes_pb = _attributes(link.attributes, 4)
+            link_js = f'{{"traceId":"{linked.trace_id:032x}","spanId":"{linked.span_id:016x}"'
+            link_attributes = _attributes(link.attributes, 4)[0]
             if link_attributes:
                 link_js += ',"attributes":' + link_attributes
             links.append(f'{link_js},"flags":{link_flags}}}')
-            body = _field(1, link_trace) + _field(2, link_span) + link_attributes_pb
-            pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
         js += (',"links":[', ",".join(links), "]")
     status_js = []
-    status_pb = b""
-    code = span.status.status_code.value  # UNSET 0, OK 1, ERROR 2: the same numbers in OTLP
-    if span.status.description:
-        status_js.append('"message":' + _json_string(span.status.description))
-        status_pb += _field(2, span.status.description.encode())
+    if status.description:
+        status_js.append('"message":' + _json_string(status.description))
     if code:
         status_js.append(f'"code":{code}')
-        status_pb += b"\x18" + _varint(code)
     js += (',"status":{', ",".join(status_js), "}}")
+    if not protobuf:
+        return "".join(js), b""
+
+    pb = bytearray(_field(1, trace_id) + _field(2, span_id))
+    if state:
+        pb += _field(3, state.encode())
+    if parent_id is not None:
+        pb += _field(4, parent_id)
+    pb += _field(5, name.encode()) + b"\x30" + _varint(kind)
+    pb += b"\x39" + _FIXED64(start) + b"\x41" + _FIXED64(end)
+    pb += attributes_pb
+    for event in span.events:
+        body = b"\x09" + _FIXED64(event.timestamp) + _field(2, event.name.encode())
+        pb += _field(11, body + _attributes(event.attributes, 3)[1])
+    for link in span.links:
+        linked = link.context
+        link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
+        body = (
+            _field(1, linked.trace_id.to_bytes(16, "big"))
+            + _field(2, linked.span_id.to_bytes(8, "big"))
+            + _attributes(link.attributes, 4)[1]
+        )
+        pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
+    status_pb = _field(2, status.description.encode()) if status.description else b""
+    if code:
+        status_pb += b"\x18" + _varint(code)
     pb += _field(15, status_pb) + b"\x85\x01" + _FIXED32(flags)
     return "".join(js), bytes(pb)
 
 
-def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
+def encode_request(spans: Sequence[ReadableSpan], protobuf: bool = True) -> tuple[str, bytes]:
     """An ``ExportTraceServiceRequest`` for ``spans``: (OTLP/JSON line, protobuf bytes).
 
-    Spans are grouped by resource, then by instrumentation scope, as the SDK does.
+    Spans are grouped by resource, then by instrumentation scope, as the SDK
+    does. ``protobuf=False``: the JSON line only (the bytes are ``b""``).
     """
     groups: dict[int, tuple[Any, dict[Any, tuple[Any, list[tuple[str, bytes]]]]]] = {}
     for span in spans:
@@ -207,7 +222,7 @@ def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
         scope_key = None if scope is None else (scope.name, scope.version, scope.schema_url)
         if scope_key not in scopes:
             scopes[scope_key] = (scope, [])
-        scopes[scope_key][1].append(encode_span(span))
+        scopes[scope_key][1].append(encode_span(span, protobuf))
     resource_spans_json = []
     request_pb = bytearray()
     for resource, scopes in groups.values():
@@ -244,4 +259,4 @@ def encode_request(spans: Sequence[ReadableSpan]) -> tuple[str, bytes]:
         resource_spans_json.append(resource_entry + "}")
         request_pb += _field(1, bytes(resource_spans_pb))
     line = '{"resourceSpans":[' + ",".join(resource_spans_json) + "]}\n"
-    return line, bytes(request_pb)
+    return line, bytes(request_pb) if protobuf else b""

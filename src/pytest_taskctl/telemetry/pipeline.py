@@ -132,7 +132,7 @@ class SpanPipeline(SpanProcessor):
             spans = self._spans
             while spans:
                 batch = [spans.popleft() for _ in range(min(len(spans), MAX_BATCH))]
-                line, payload = encode_request(batch)
+                line, payload = encode_request(batch, protobuf=self._sender is not None)
                 if self._file is not None:
                     self._file.write(line)
                 if self._sender is not None:
