@@ -339,3 +339,32 @@ def test_nothing_leaks_when_another_plugin_breaks_sessionstart(ptr: pytest.Pytes
     except AssertionError:
         raise AssertionError(f"threads left running: {sorted(ours())}") from None
     assert logging.getLogger().handlers == handlers
+
+
+def test_a_meta_source_may_hold_a_lock_its_feature_holds_around_update_meta() -> None:
+    """The resume plugin updates the meta holding its lock; its meta source takes that
+    lock on the writer's thread. Both at once once hung a run (lock order)."""
+    from pytest_taskctl.control import RunControl
+    from pytest_taskctl.keys import RunKeys
+
+    control = RunControl(RunKeys("/t", "r1"), None, None)
+    feature_lock = threading.Lock()
+    in_source = threading.Event()
+
+    def source() -> dict[str, int]:
+        in_source.set()
+        with feature_lock:
+            return {"attempts": 1}
+
+    control.add_meta_source(source)
+    with feature_lock:  # a test thread, inside the feature
+        writer = threading.Thread(target=control._meta_json, daemon=True)
+        writer.start()
+        assert in_source.wait(5)
+        updating = threading.Thread(target=control.update_meta, kwargs={"left": 3}, daemon=True)
+        updating.start()
+        updating.join(5)
+        assert not updating.is_alive(), "update_meta waited for the writer's thread"
+    writer.join(5)
+    assert not writer.is_alive()
+    assert json.loads(control._meta_json())["attempts"] == 1

@@ -214,9 +214,14 @@ class RunControl:
 
     def _meta_json(self) -> str:
         self._progress_queued = False  # before reading: a later change queues a new record
+        # Sources take their own locks, and their features call update_meta holding
+        # them: a source is never called inside _meta_lock (that order deadlocked).
         with self._meta_lock:
-            for source in self._meta_sources:
-                self.meta.update(source())
+            sources = list(self._meta_sources)
+        fields = [source() for source in sources]
+        with self._meta_lock:
+            for changed in fields:
+                self.meta.update(changed)
             self.meta.update(self.progress(), updated=time.time())
             return json.dumps(self.meta, sort_keys=True)
 
