@@ -132,3 +132,25 @@ def test_a_watch_closed_from_another_thread_ends_its_reader(
 )
 def test_the_gateway_prefix_follows_the_server_version(version: str, prefix: str) -> None:
     assert api_prefix(version) == prefix
+
+
+def test_a_silent_member_times_a_call_out_on_time_and_says_so(
+    etcd: EmbeddedEtcd, fault_proxy: object
+) -> None:
+    """A member that stops answering on a pooled connection ends the call after the
+    read timeout, as ``timed out`` (what the CLI and the failover log say)."""
+    proxy: FaultProxy = fault_proxy(etcd.endpoint)  # type: ignore[operator]
+    gateway = gateway_to(proxy.endpoint)
+    try:
+        gateway.put("/taskctl-test-silent/k", "1")  # leaves a pooled connection
+        proxy.freeze()
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            gateway.call("/kv/range", {"key": "L3Rhc2tjdGwtdGVzdC1zaWxlbnQvaw=="}, timeout=0.5)
+        waited = time.monotonic() - started
+        assert 0.4 <= waited < 2.5, waited
+        assert "timed out" in str(raised.value)
+        proxy.pass_through()
+        assert gateway.get("/taskctl-test-silent/k") == b"1"
+    finally:
+        gateway.close()
