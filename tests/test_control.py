@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_taskctl.etcd.store import StateStore
+
 from .conftest import INNER_INI, Etcdctl, wait_for
 from .suites import RunningSuite, suite_env
 
@@ -368,3 +370,32 @@ def test_a_meta_source_may_hold_a_lock_its_feature_holds_around_update_meta() ->
     writer.join(5)
     assert not writer.is_alive()
     assert json.loads(control._meta_json())["attempts"] == 1
+
+
+def test_a_status_listener_may_ask_whether_the_process_is_busy(
+    store: StateStore, prefix: str
+) -> None:
+    """``--join``'s pause listener asks ``busy`` while the control holds its lock (a
+    test thread paused at the gate): a lock in ``busy`` hung that thread on itself."""
+    from pytest_taskctl.control import RunControl
+    from pytest_taskctl.etcd.watch import WatchedRange
+    from pytest_taskctl.keys import RunKeys
+
+    keys = RunKeys(prefix, "r1")
+    store.gateway.put(keys.paused, "1")
+    view = WatchedRange(store.gateway, *keys.control_range)
+    view.start(store.gateway.range(*keys.control_range))
+    try:
+        control = RunControl(keys, view, None, publish=False)
+        answers: list[tuple[str, bool]] = []
+        control.add_status_listener(lambda status: answers.append((status, control.busy)))
+        control._status = "RUNNING"
+        gate = threading.Thread(target=control.gate, args=("t.py::test_x",), daemon=True)
+        gate.start()
+        wait_for(lambda: answers == [("PAUSED", False)])
+        store.gateway.delete(keys.paused)
+        gate.join(5)
+        assert not gate.is_alive(), "the gate's thread waited for its own lock"
+        assert answers == [("PAUSED", False), ("RUNNING", False)]
+    finally:
+        view.stop()

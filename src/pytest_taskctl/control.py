@@ -262,9 +262,12 @@ class RunControl:
 
     @property
     def busy(self) -> bool:
-        """A test of this process is between the gate and its end."""
-        with self._lock:
-            return bool(self._running)
+        """A test of this process is between the gate and its end.
+
+        Without the lock (one read of a dict, atomic under the GIL): status
+        listeners ask it, and they are called with the lock held.
+        """
+        return bool(self._running)
 
     def start(self, meta: Mapping[str, Any]) -> None:
         self.meta = dict(meta)

@@ -98,10 +98,10 @@ class JoinedPause:
         Idle counts as paused under the flag: no test runs here, and a test
         claimed meanwhile waits at the gate.
         """
+        # Read before our lock: they take other locks (never one inside ours).
+        idle_and_flagged = self._idle() and flag_is_true(self._flag())
         with self._lock:
-            paused = not self._stopped and (
-                self._held or (self._idle() and flag_is_true(self._flag()))
-            )
+            paused = not self._stopped and (self._held or idle_and_flagged)
             if paused == self.paused:
                 return
             self.paused = paused
