@@ -41,7 +41,8 @@ class GuardedWrite:
     lease: int = 0
     #: Keys read when the guard refuses the writes (into :attr:`found`).
     reads: tuple[str, ...] = ()
-    #: Called once settled, on the writer's thread; it must not wait for the writer.
+    #: Called once settled, on the writer's thread (on the caller's when the writer is
+    #: fenced out already); it must not wait for the writer.
     on_done: Callable[[GuardedWrite], None] | None = None
     #: ``True`` written; ``False`` refused by ``compare``; ``None`` never sent
     #: (the writer closed or was fenced out first).

@@ -156,7 +156,9 @@ class KeyWriter:
         holds the ``reads``), never the batch's others. Guarded writes keep
         their order and are not coalesced; one that shares a key with a write
         already in the batch waits for the next transaction -- so do not
-        write a key both ways. ``on_done`` runs on the writer's thread.
+        write a key both ways. ``on_done`` runs on the writer's thread -- or at once on
+        the caller's, when the writer is already fenced out: call this without a lock
+        that ``on_done`` takes.
         """
         write = guarded_write(compare, writes, lease, reads, on_done)
         if write.weight > MAX_TXN_OPS:
