@@ -135,6 +135,9 @@ def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
     kind = span.kind.value + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
     name = span.name
     attributes_json, attributes_pb = _attributes(span.attributes, 9)
+    # Each encoded once, for both halves.
+    event_attributes = [_attributes(event.attributes, 3) for event in span.events]
+    link_attributes = [_attributes(link.attributes, 4) for link in span.links]
     status = span.status
     code = status.status_code.value  # UNSET 0, OK 1, ERROR 2: the same numbers in OTLP
 
@@ -151,22 +154,20 @@ def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
         js += (',"attributes":', attributes_json)
     if span.events:
         events = []
-        for event in span.events:
+        for event, (event_js_attributes, _) in zip(span.events, event_attributes, strict=True):
             event_js = f'{{"timeUnixNano":"{event.timestamp}","name":{_json_string(event.name)}'
-            event_attributes = _attributes(event.attributes, 3)[0]
-            if event_attributes:
-                event_js += ',"attributes":' + event_attributes
+            if event_js_attributes:
+                event_js += ',"attributes":' + event_js_attributes
             events.append(event_js + "}")
         js += (',"events":[', ",".join(events), "]")
     if span.links:
         links = []
-        for link in span.links:
+        for link, (link_attributes_js, _) in zip(span.links, link_attributes, strict=True):
             linked = link.context
             link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
             link_js = f'{{"traceId":"{linked.trace_id:032x}","spanId":"{linked.span_id:016x}"'
-            link_attributes = _attributes(link.attributes, 4)[0]
-            if link_attributes:
-                link_js += ',"attributes":' + link_attributes
+            if link_attributes_js:
+                link_js += ',"attributes":' + link_attributes_js
             links.append(f'{link_js},"flags":{link_flags}}}')
         js += (',"links":[', ",".join(links), "]")
     status_js = []
@@ -186,16 +187,16 @@ def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
     pb += _field(5, name.encode()) + b"\x30" + _varint(kind)
     pb += b"\x39" + _FIXED64(start) + b"\x41" + _FIXED64(end)
     pb += attributes_pb
-    for event in span.events:
+    for event, (_, event_pb) in zip(span.events, event_attributes, strict=True):
         body = b"\x09" + _FIXED64(event.timestamp) + _field(2, event.name.encode())
-        pb += _field(11, body + _attributes(event.attributes, 3)[1])
-    for link in span.links:
+        pb += _field(11, body + event_pb)
+    for link, (_, link_pb) in zip(span.links, link_attributes, strict=True):
         linked = link.context
         link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
         body = (
             _field(1, linked.trace_id.to_bytes(16, "big"))
             + _field(2, linked.span_id.to_bytes(8, "big"))
-            + _attributes(link.attributes, 4)[1]
+            + link_pb
         )
         pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
     status_pb = _field(2, status.description.encode()) if status.description else b""
