@@ -24,6 +24,10 @@ import requests  # noqa: F401 - imported once here so pytester's in-process runs
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+import pytest_taskctl.plugin  # noqa: F401 - as requests above: pytester's in-process runs drop
+
+# modules first imported inside them, and a second copy of opentelemetry.trace has its own
+# context key (its spans are then invisible to the first copy's code)
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.server import EmbeddedEtcd, etcd_binary, free_port
 

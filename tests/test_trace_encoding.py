@@ -19,6 +19,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceState
 
 from pytest_taskctl.telemetry.encode import encode_request
 from pytest_taskctl.telemetry.pipeline import SpanPipeline
+from pytest_taskctl.telemetry.span_records import records_of
 
 from .conftest import wait_for
 from .test_telemetry import read_spans
@@ -71,7 +72,7 @@ def _varied_spans() -> list[ReadableSpan]:
 
 def test_protobuf_bytes_equal_the_sdk_encoding() -> None:
     spans = _varied_spans()
-    _, payload = encode_request(spans)
+    _, payload = encode_request(*records_of(spans))
     assert ExportTraceServiceRequest.FromString(payload) == encode_spans(spans)
 
 
@@ -81,14 +82,14 @@ def test_json_line_equals_the_otlp_json_file_exporter(tmp_path: Path) -> None:
     exporter = FileSpanExporter(reference)
     exporter.export(spans)
     exporter.shutdown()
-    line, _ = encode_request(spans)
+    line, _ = encode_request(*records_of(spans))
     assert line.endswith("\n") and "\n" not in line[:-1], "one request per line"
     assert json.loads(line) == json.loads(reference.read_text())
     parsed = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert parsed["traceId"] == "0af7651916cd43dd8448eb211c80319c", "ids in hex"
     assert parsed["flags"] == 0x300, "a remote parent is flagged as such"
     # Without an OTLP destination only the JSON is made: the same line.
-    assert encode_request(spans, protobuf=False) == (line, b"")
+    assert encode_request(*records_of(spans), protobuf=False) == (line, b"")
 
 
 def test_many_spans_are_split_into_requests_of_bounded_size(tmp_path: Path) -> None:
@@ -157,7 +158,7 @@ def test_light_spans_encode_as_the_sdk_would(tmp_path: Path) -> None:
     call.set_status(StatusCode.ERROR, "ValueError: bad value")
     call.end()
     root.end()
-    line, payload = encode_request(finished)
+    line, payload = encode_request(*records_of(finished))
     request = ExportTraceServiceRequest.FromString(payload)
     pb_spans = request.resource_spans[0].scope_spans[0].spans
     js_spans = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]

@@ -13,19 +13,12 @@ and the ``taskctl`` command in :mod:`pytest_taskctl.cli`.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .etcd.store import StateStore
-from .telemetry.traceid import get_traceid, trace_headers
-
 if TYPE_CHECKING:
+    from .etcd.store import StateStore
     from .features.livepause import ResumeDecision, checkpoint
-
-try:
-    __version__ = version("pytest-taskctl")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+    from .telemetry.traceid import get_traceid, trace_headers
 
 __all__ = [
     "ResumeDecision",
@@ -38,10 +31,27 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the live-pause module pulls in pytest, which
-    # `taskctl` and StateStore users do not need.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pytest-taskctl")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
+    # Imported on first use: the span process (telemetry.span_process) and `taskctl`
+    # start in a fraction of the time without etcd, pytest and package metadata.
+    # ``from .x import module``, as the plugin imports them: pytester's in-process
+    # runs drop modules from sys.modules, and both ways must find the same copy.
     if name in ("checkpoint", "ResumeDecision"):
         from .features import livepause
 
         return getattr(livepause, name)
+    if name in ("get_traceid", "trace_headers"):
+        from .telemetry import traceid
+
+        return getattr(traceid, name)
+    if name == "StateStore":
+        from .etcd import store
+
+        return store.StateStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,9 @@ builds them again: that work, done per span on a GIL shared with the tests,
 was most of the plugin's per-test cost. Here each span is walked once, into
 JSON text and into protobuf wire bytes directly.
 
+It reads :class:`~.span_records.SpanRecord` tuples, not span objects: it runs
+in the span process (:mod:`.span_process`), which gets spans as records.
+
 The output is checked against ``opentelemetry-proto`` in the tests: the bytes
 parse as an ``ExportTraceServiceRequest`` equal to the SDK's own encoding,
 and the JSON line is what the SDK's OTLP/JSON file exporter writes.
@@ -19,7 +22,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+from .span_records import ResourceRecord, SpanRecord
 
 #: Span flags: the context "has is_remote" bit, plus "is remote" for a remote parent/link.
 HAS_IS_REMOTE = 0x100
@@ -113,33 +116,26 @@ def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[str, 
     return "[" + ",".join(out_json) + "]", bytes(out_pb)
 
 
-def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
+def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
     """One span as OTLP ``Span``: (JSON object text, protobuf bytes or ``b""``).
 
-    ``span`` is an SDK ``ReadableSpan`` or a :class:`~.spans.LightSpan`: only
-    the attributes both have are read. The JSON is written as text: ids,
-    numbers and cached attributes need no escaping, and building dicts for
-    :func:`json.dumps` cost as much as the protobuf. Without an OTLP
-    destination (``protobuf=False``) the protobuf half, ~40% of the work, is skipped.
+    The JSON is written as text: ids, numbers and cached attributes need no
+    escaping, and building dicts for :func:`json.dumps` cost as much as the
+    protobuf. Without an OTLP destination (``protobuf=False``) the protobuf
+    half, ~40% of the work, is skipped.
     """
-    context = span.get_span_context()
-    assert context is not None
-    trace_id = context.trace_id.to_bytes(16, "big")
-    span_id = context.span_id.to_bytes(8, "big")
-    parent = span.parent
-    parent_id = parent.span_id.to_bytes(8, "big") if parent is not None else None
-    flags = HAS_IS_REMOTE | (IS_REMOTE if parent is not None and parent.is_remote else 0)
-    state = context.trace_state.to_header() if context.trace_state else ""
-    start = span.start_time or 0
-    end = span.end_time or 0
-    kind = span.kind.value + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
-    name = span.name
+    trace_id = span.trace_id.to_bytes(16, "big")
+    span_id = span.span_id.to_bytes(8, "big")
+    parent_id = span.parent_id.to_bytes(8, "big") if span.parent_id else None
+    flags = HAS_IS_REMOTE | (IS_REMOTE if span.parent_remote else 0)
+    state = span.trace_state
+    start, end, name = span.start, span.end, span.name
+    kind = span.kind + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
     attributes_json, attributes_pb = _attributes(span.attributes, 9)
     # Each encoded once, for both halves.
-    event_attributes = [_attributes(event.attributes, 3) for event in span.events]
-    link_attributes = [_attributes(link.attributes, 4) for link in span.links]
-    status = span.status
-    code = status.status_code.value  # UNSET 0, OK 1, ERROR 2: the same numbers in OTLP
+    event_attributes = [_attributes(attributes, 3) for _, attributes, _ in span.events]
+    link_attributes = [_attributes(link[3], 4) for link in span.links]
+    code, message = span.status_code, span.status_message
 
     js = ['{"traceId":"', trace_id.hex(), '","spanId":"', span_id.hex(), '"']
     if state:
@@ -154,25 +150,28 @@ def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
         js += (',"attributes":', attributes_json)
     if span.events:
         events = []
-        for event, (event_js_attributes, _) in zip(span.events, event_attributes, strict=True):
-            event_js = f'{{"timeUnixNano":"{event.timestamp}","name":{_json_string(event.name)}'
+        for (event_name, _, timestamp), (event_js_attributes, _) in zip(
+            span.events, event_attributes, strict=True
+        ):
+            event_js = f'{{"timeUnixNano":"{timestamp}","name":{_json_string(event_name)}'
             if event_js_attributes:
                 event_js += ',"attributes":' + event_js_attributes
             events.append(event_js + "}")
         js += (',"events":[', ",".join(events), "]")
     if span.links:
         links = []
-        for link, (link_attributes_js, _) in zip(span.links, link_attributes, strict=True):
-            linked = link.context
-            link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
-            link_js = f'{{"traceId":"{linked.trace_id:032x}","spanId":"{linked.span_id:016x}"'
+        for (link_trace, link_span, remote, _), (link_attributes_js, _) in zip(
+            span.links, link_attributes, strict=True
+        ):
+            link_flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
+            link_js = f'{{"traceId":"{link_trace:032x}","spanId":"{link_span:016x}"'
             if link_attributes_js:
                 link_js += ',"attributes":' + link_attributes_js
             links.append(f'{link_js},"flags":{link_flags}}}')
         js += (',"links":[', ",".join(links), "]")
     status_js = []
-    if status.description:
-        status_js.append('"message":' + _json_string(status.description))
+    if message:
+        status_js.append('"message":' + _json_string(message))
     if code:
         status_js.append(f'"code":{code}')
     js += (',"status":{', ",".join(status_js), "}}")
@@ -187,64 +186,70 @@ def encode_span(span: ReadableSpan, protobuf: bool = True) -> tuple[str, bytes]:
     pb += _field(5, name.encode()) + b"\x30" + _varint(kind)
     pb += b"\x39" + _FIXED64(start) + b"\x41" + _FIXED64(end)
     pb += attributes_pb
-    for event, (_, event_pb) in zip(span.events, event_attributes, strict=True):
-        body = b"\x09" + _FIXED64(event.timestamp) + _field(2, event.name.encode())
+    for (event_name, _, timestamp), (_, event_pb) in zip(
+        span.events, event_attributes, strict=True
+    ):
+        body = b"\x09" + _FIXED64(timestamp) + _field(2, event_name.encode())
         pb += _field(11, body + event_pb)
-    for link, (_, link_pb) in zip(span.links, link_attributes, strict=True):
-        linked = link.context
-        link_flags = HAS_IS_REMOTE | (IS_REMOTE if linked.is_remote else 0)
+    for (link_trace, link_span, remote, _), (_, link_pb) in zip(
+        span.links, link_attributes, strict=True
+    ):
+        link_flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
         body = (
-            _field(1, linked.trace_id.to_bytes(16, "big"))
-            + _field(2, linked.span_id.to_bytes(8, "big"))
+            _field(1, link_trace.to_bytes(16, "big"))
+            + _field(2, link_span.to_bytes(8, "big"))
             + link_pb
         )
         pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
-    status_pb = _field(2, status.description.encode()) if status.description else b""
+    status_pb = _field(2, message.encode()) if message else b""
     if code:
         status_pb += b"\x18" + _varint(code)
     pb += _field(15, status_pb) + b"\x85\x01" + _FIXED32(flags)
     return "".join(js), bytes(pb)
 
 
-def encode_request(spans: Sequence[ReadableSpan], protobuf: bool = True) -> tuple[str, bytes]:
+def encode_request(
+    spans: Sequence[SpanRecord],
+    resources: Mapping[int, ResourceRecord],
+    protobuf: bool = True,
+) -> tuple[str, bytes]:
     """An ``ExportTraceServiceRequest`` for ``spans``: (OTLP/JSON line, protobuf bytes).
 
     Spans are grouped by resource, then by instrumentation scope, as the SDK
     does. ``protobuf=False``: the JSON line only (the bytes are ``b""``).
     """
-    groups: dict[int, tuple[Any, dict[Any, tuple[Any, list[tuple[str, bytes]]]]]] = {}
+    groups: dict[int, dict[tuple[str, ...], list[tuple[str, bytes]]]] = {}
     for span in spans:
-        resource_key = id(span.resource)  # one provider: one resource object
-        if resource_key not in groups:
-            groups[resource_key] = (span.resource, {})
-        scopes = groups[resource_key][1]
-        scope = span.instrumentation_scope
-        # By value: the plugin's light spans and its SDK spans share a scope name.
-        scope_key = None if scope is None else (scope.name, scope.version, scope.schema_url)
-        if scope_key not in scopes:
-            scopes[scope_key] = (scope, [])
-        scopes[scope_key][1].append(encode_span(span, protobuf))
+        scopes = groups.get(span.resource)
+        if scopes is None:
+            scopes = groups[span.resource] = {}
+        encoded = scopes.get(span.scope)
+        if encoded is None:
+            encoded = scopes[span.scope] = []
+        encoded.append(encode_span(span, protobuf))
     resource_spans_json = []
     request_pb = bytearray()
-    for resource, scopes in groups.values():
+    for resource_key, scopes in groups.items():
+        resource = resources.get(resource_key) or ResourceRecord({}, "")
         resource_attributes, resource_attributes_pb = _attributes(resource.attributes, 1)
         scope_spans_json = []
         resource_spans_pb = bytearray(_field(1, resource_attributes_pb))
-        for scope, encoded in scopes.values():
+        for scope, encoded in scopes.items():
             scope_js = []
             scope_pb = b""
-            if scope is not None:
-                scope_js.append('"name":' + _json_string(scope.name))
-                scope_pb += _field(1, scope.name.encode())
-                if scope.version:
-                    scope_js.append('"version":' + _json_string(scope.version))
-                    scope_pb += _field(2, scope.version.encode())
+            if scope:
+                scope_name, version, _ = scope
+                scope_js.append('"name":' + _json_string(scope_name))
+                scope_pb += _field(1, scope_name.encode())
+                if version:
+                    scope_js.append('"version":' + _json_string(version))
+                    scope_pb += _field(2, version.encode())
             entry = '{"scope":{' + ",".join(scope_js) + '},"spans":['
             entry += ",".join(js for js, _ in encoded) + "]"
             body = _field(1, scope_pb) + b"".join(_field(2, pb) for _, pb in encoded)
-            if scope is not None and scope.schema_url:
-                entry += ',"schemaUrl":' + _json_string(scope.schema_url)
-                body += _field(3, scope.schema_url.encode())
+            if scope and scope[2]:
+                entry += ',"schemaUrl":' + _json_string(scope[2])
+                body += _field(3, scope[2].encode())
             scope_spans_json.append(entry + "}")
             resource_spans_pb += _field(2, body)
         resource_entry = (

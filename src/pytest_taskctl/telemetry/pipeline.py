@@ -1,117 +1,56 @@
-"""The span pipeline: one queue, one encoding, two destinations.
+"""The span pipeline: finished spans leave pytest's process as records, twice a second.
 
 The SDK's way -- a ``BatchSpanProcessor`` per destination, each exporter
-walking every span again -- cost more than the tests it measured. Here a
-finished span is appended to a deque (the only work on the test's thread);
-a writer thread wakes every half second, encodes what arrived once
-(:mod:`.encode`), appends the OTLP/JSON line to ``traces.jsonl`` and hands
-the protobuf bytes to a sender thread for OTLP. The sender may block on a
-slow or absent collector; the file never waits for it, so a SIGKILL loses at
-most the last half second of spans whatever the network does.
+walking every span again on threads of pytest's process -- cost more than
+the tests it measured. Here a finished span is appended to a deque (the only
+work on the test's thread); a thread wakes every half second, turns what
+arrived into records (:mod:`.span_records`) and writes them to the span
+process (:mod:`.span_process`), which encodes them once, appends them to
+``traces.jsonl`` and sends them over OTLP. A SIGKILL loses at most the last
+half second of spans, whatever the network does.
 
-The OTLP exporters are the SDK's own (headers, TLS, compression, retries),
-fed the pre-encoded request instead of spans.
+When the span process cannot be started, a :class:`~.span_writer.SpanWriter`
+does the same work on this thread, in pytest's process.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from .encode import encode_request
+from .export import SignalExport
+from .span_process import ProcessSink
+from .span_records import Recorder
+from .span_writer import SpanWriter
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
-#: How often spans are written to traces.jsonl (s): the most a SIGKILL can lose.
+#: How often finished spans leave pytest's process (s): the most a SIGKILL can lose.
 FILE_SCHEDULE = 0.5
-#: Spans per request: keeps a request well under collectors' 4 MiB default limit.
-MAX_BATCH = 512
-#: Encoded requests waiting for a slow collector before new ones are dropped.
-MAX_PENDING_REQUESTS = 256
 
 
-class EncodedSpans:
-    """A pre-encoded ``ExportTraceServiceRequest`` and the number of spans in it."""
-
-    __slots__ = ("count", "payload")
-
-    def __init__(self, payload: bytes, count: int) -> None:
-        self.payload = payload
-        self.count = count
-
-
-def _suppressed() -> object:
-    """Our own export traffic must not become spans (``--taskctl-http``)."""
-    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
-    return otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-
-
-class OtlpSender:
-    """Sends encoded requests with an SDK exporter, on a thread of its own."""
-
-    def __init__(self, make_exporter: Callable[[], Any]) -> None:
-        self._make_exporter = make_exporter
-        self._queue: collections.deque[EncodedSpans | None] = collections.deque()
-        self._wake = threading.Event()
-        self.dropped = 0
-        self.exporter: Any = None
-        self._thread = threading.Thread(target=self._run, name="taskctl-otlp", daemon=True)
-        self._thread.start()
-
-    def send(self, encoded: EncodedSpans) -> None:
-        if len(self._queue) >= MAX_PENDING_REQUESTS:
-            self.dropped += encoded.count
-            return
-        self._queue.append(encoded)
-        self._wake.set()
-
-    def _run(self) -> None:
-        _suppressed()
-        # Importing and building the exporter (grpc is heavy) happens here, while
-        # pytest collects: not on the session's start-up path.
-        self.exporter = self._make_exporter()
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                encoded = self._queue.popleft()
-                if encoded is None:
-                    return
-                with contextlib.suppress(Exception):  # the exporter logs its own failures
-                    self.exporter.export(encoded)
-
-    def close(self, deadline: float) -> bool:
-        """Send what is queued within ``deadline`` seconds; True if all of it left."""
-        self._queue.append(None)
-        self._wake.set()
-        self._thread.join(max(0.0, deadline))
-        finished = not self._thread.is_alive()
-        if finished and self.exporter is not None:
-            with contextlib.suppress(Exception):
-                self.exporter.shutdown()
-        return finished
+def start_sink(path: Path | None, otlp: SignalExport | None) -> ProcessSink | SpanWriter:
+    """The span process, or this process's own writer when it cannot be started."""
+    try:
+        return ProcessSink.start(path, otlp)
+    except OSError as exc:
+        log.warning("span process not started (%s); encoding spans in pytest's process", exc)
+        return SpanWriter(path, otlp.make_encoded_span_exporter if otlp is not None else None)
 
 
 class SpanPipeline(SpanProcessor):
-    """A span processor that writes ``traces.jsonl`` and feeds an :class:`OtlpSender`."""
+    """A span processor that hands finished spans to the span process."""
 
-    def __init__(self, path: Path | None, sender: OtlpSender | None) -> None:
+    def __init__(self, path: Path | None, otlp: SignalExport | None) -> None:
         self._spans: collections.deque[ReadableSpan] = collections.deque()
-        self._file: IO[str] | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in shutdown
-        self._sender = sender
+        self._recorder = Recorder()
+        self._sink = start_sink(path, otlp)
         self._stopped = threading.Event()
         self._lock = threading.Lock()  # one drain at a time (the thread, or shutdown)
         self._thread = threading.Thread(target=self._run, name="taskctl-spans", daemon=True)
@@ -130,38 +69,33 @@ class SpanPipeline(SpanProcessor):
     def _drain(self) -> None:
         with self._lock:
             spans = self._spans
-            while spans:
-                batch = [spans.popleft() for _ in range(min(len(spans), MAX_BATCH))]
-                line, payload = encode_request(batch, protobuf=self._sender is not None)
-                if self._file is not None:
-                    self._file.write(line)
-                if self._sender is not None:
-                    self._sender.send(EncodedSpans(payload, len(batch)))
-            if self._file is not None:
-                self._file.flush()
+            if not spans:
+                return
+            record = self._recorder.record
+            records = [record(spans.popleft()) for _ in range(len(spans))]
+            resources, self._recorder.new_resources = self._recorder.new_resources, {}
+            self._sink.write(resources, records)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self._drain()
-        return True
+        return self._sink.flush(timeout_millis / 1000)
 
-    def shutdown(self) -> None:
+    def shutdown(self, otlp_deadline: float = 1.5) -> None:
         """Write every span left to the file (local: always complete), then stop."""
+        if self._stopped.is_set():
+            return  # once: the SDK's provider may call it again at exit
         self._stopped.set()
         self._thread.join()
         self._drain()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._sink.close_file(otlp_deadline)
 
     def close_sender(self, deadline: float) -> bool:
         """Give OTLP at most ``deadline`` seconds for what is left; never block longer."""
         started = time.monotonic()
-        if self._sender is None:
-            return True
-        finished = self._sender.close(deadline - (time.monotonic() - started))
-        if self._sender.dropped:
+        finished = self._sink.close_sender(deadline - (time.monotonic() - started))
+        if self._sink.dropped:
             log.warning(
                 "OTLP: %d spans dropped while the collector was slow (traces.jsonl has them)",
-                self._sender.dropped,
+                self._sink.dropped,
             )
         return finished

@@ -4,9 +4,10 @@ We build our own ``TracerProvider`` (the global one belongs to the user),
 configured from the standard ``OTEL_*`` variables (:mod:`.export`). Spans
 always go to ``logs/<run_id>/traces.jsonl`` (OTLP/JSON, replayable by the
 Collector's ``otlpjsonfile`` receiver) and, when an endpoint is configured,
-over OTLP, both through one :class:`~.pipeline.SpanPipeline` that encodes
-each span once. The file is written at least every half second, so a run
-killed with SIGKILL loses at most the last half second of spans.
+over OTLP, both through one :class:`~.pipeline.SpanPipeline`, whose span
+process (:mod:`.span_process`) encodes each span once. Spans leave pytest's
+process every half second, so a run killed with SIGKILL loses at most the
+last half second of spans.
 """
 
 from __future__ import annotations
@@ -81,15 +82,13 @@ class RunTracer:
     def _make_tracer(self, extra_processors: tuple[Any, ...]) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
 
-        from .pipeline import OtlpSender, SpanPipeline
+        from .pipeline import SpanPipeline
 
         provider = TracerProvider(
             resource=make_resource(), shutdown_on_exit=False, id_generator=ID_GENERATOR
         )
-        sender = None
-        if self.export.otlp_traces:
-            sender = OtlpSender(self.export.traces.make_encoded_span_exporter)
-        self._pipeline = SpanPipeline(self.traces_path, sender)
+        otlp = self.export.traces if self.export.otlp_traces else None
+        self._pipeline = SpanPipeline(self.traces_path, otlp)
         for processor in (self._pipeline, *extra_processors):
             provider.add_span_processor(processor)
         self._provider = provider
@@ -223,5 +222,5 @@ class RunTracer:
         start = time.monotonic()
         if self._pipeline is None:
             return True
-        self._pipeline.shutdown()  # local file: fast and must be complete
+        self._pipeline.shutdown(deadline)  # local file: fast and must be complete
         return bool(self._pipeline.close_sender(deadline - (time.monotonic() - start)))

@@ -1,0 +1,279 @@
+"""The span process: encoding and export of a run's spans, outside pytest's process.
+
+Encoding spans and sending them over OTLP is pure-Python work. On a thread of
+pytest's process it holds the GIL the tests need, and every hand-over of the
+GIL between cores costs the test thread more than the work itself (measured:
+``docs/benchmarks.md``). So pytest's process only turns finished spans into
+records (:mod:`.span_records`) and writes them, every half second, to a pipe;
+this process encodes them, appends them to ``traces.jsonl`` and sends them
+over OTLP with the SDK's exporter (gRPC is imported here, not in pytest).
+
+Lifetime: started with the run's tracer, in a session of its own (Ctrl-C in
+the terminal is pytest's to handle, not ours). It ends when pytest says
+``end`` -- after writing the file completely, then giving OTLP a bounded
+time -- or when its input closes because pytest died: it then writes what it
+got and exits the same way. So a SIGKILLed run loses at most the spans that
+had not left pytest's process yet (half a second of them), as before.
+
+The wire: frames of a 4-byte little-endian length and a ``marshal`` payload,
+a tuple whose first item names the message. Towards this process:
+``("start", traces_path, otlp_settings)``, ``("spans", resources, records)``,
+``("flush", n)``, ``("end", otlp_deadline)``. Back: ``("flushed", n)``,
+``("file_done",)``, ``("done", dropped, finished)`` and
+``("log", level, logger, message)`` for warnings of the exporter, which pytest's
+process logs as its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import marshal
+import os
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from .export import SignalExport
+from .span_records import plain_attributes
+from .span_writer import SpanWriter
+
+log = logging.getLogger("pytest_taskctl.plugin")
+
+_LENGTH = struct.Struct("<I")
+#: How long pytest waits for the file to be complete at the end (local work only).
+FILE_DEADLINE = 10.0
+#: Pipe buffer asked of the kernel: a slow moment of this process must not block pytest's.
+PIPE_SIZE = 1 << 20
+
+
+def write_frame(stream: IO[bytes], message: tuple[Any, ...]) -> None:
+    payload = marshal.dumps(message)
+    stream.write(_LENGTH.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
+    """The next message, or None at the end of the stream (the other side is gone)."""
+    header = stream.read(_LENGTH.size)
+    if len(header) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    message: tuple[Any, ...] = marshal.loads(payload)
+    return message
+
+
+def _plain_records(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Records whose attributes marshal can carry (a suite set an object as a value)."""
+    out = []
+    for record in records:
+        fields = list(record)
+        fields[9] = plain_attributes(record[9])
+        fields[10] = [(n, plain_attributes(a), t) for n, a, t in record[10]]
+        out.append(tuple(fields))
+    return out
+
+
+class ProcessSink:
+    """pytest's end of the pipe: the same methods as :class:`SpanWriter`."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+        assert process.stdin is not None and process.stdout is not None
+        self._stdin = process.stdin
+        self._lock = threading.Lock()
+        self._flushed = threading.Condition()
+        self._flush_count = 0
+        self._acked = 0
+        self._file_done = threading.Event()
+        self._done = threading.Event()
+        self.dropped = 0
+        self._finished = False
+        #: Set when the process died: records then go to this in-process writer.
+        self._fallback: SpanWriter | None = None
+        self._fallback_args: tuple[Path | None, SignalExport | None] = (None, None)
+        self._resources: dict[int, Sequence[Any]] = {}
+        self._reader = threading.Thread(
+            target=self._read, args=(process.stdout,), name="taskctl-span-replies", daemon=True
+        )
+        self._reader.start()
+
+    @classmethod
+    def start(cls, path: Path | None, otlp: SignalExport | None) -> ProcessSink:
+        """Start the span process; ``OSError`` when it cannot be started."""
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest_taskctl.telemetry.span_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # Ctrl-C is pytest's; we end when it closes our input
+        )
+        assert process.stdin is not None
+        with contextlib.suppress(OSError, AttributeError):
+            import fcntl
+
+            fcntl.fcntl(process.stdin, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        sink = cls(process)
+        sink._fallback_args = (path, otlp)
+        otlp_fields = None
+        if otlp is not None:
+            otlp_fields = (otlp.signal, otlp.otlp, otlp.protocol, otlp.endpoint, otlp.timeout,
+                           otlp.compression)  # fmt: skip
+        sink._send(("start", str(path) if path is not None else None, otlp_fields))
+        return sink
+
+    # -- pytest's side ------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> bool:
+        """False when the span process is gone (its records then stay here)."""
+        try:
+            payload = marshal.dumps(message)
+        except ValueError:  # an attribute value marshal cannot carry
+            if message[0] != "spans":
+                raise
+            payload = marshal.dumps((message[0], message[1], _plain_records(message[2])))
+        with self._lock:
+            if self._fallback is not None:
+                return False
+            try:
+                self._stdin.write(_LENGTH.pack(len(payload)) + payload)
+                self._stdin.flush()
+                return True
+            except (OSError, ValueError):  # BrokenPipeError; ValueError: closed
+                self._start_fallback()
+                return False
+
+    def _start_fallback(self) -> None:
+        path, otlp = self._fallback_args
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.close()  # broken: a suite run with -W error must not see it unclosed
+        log.warning("span process ended early; encoding spans in pytest's process")
+        self._fallback = SpanWriter(path, otlp.make_encoded_span_exporter if otlp else None)
+        self._fallback.write(self._resources, [])
+
+    def write(
+        self, resources: Mapping[int, Sequence[Any]], records: Sequence[tuple[Any, ...]]
+    ) -> None:
+        self._resources.update(resources)
+        if not self._send(("spans", dict(resources), list(records))):
+            assert self._fallback is not None
+            self._fallback.write(resources, records)
+
+    def flush(self, timeout: float) -> bool:
+        """True once the span process wrote everything sent so far."""
+        with self._flushed:
+            self._flush_count += 1
+            token = self._flush_count
+        if not self._send(("flush", token)):
+            return True  # the fallback writes synchronously
+        with self._flushed:
+            return self._flushed.wait_for(lambda: self._acked >= token, timeout)
+
+    def close_file(self, otlp_deadline: float) -> None:
+        """Ask for the end; wait until ``traces.jsonl`` is complete (local work only)."""
+        if self._send(("end", otlp_deadline)):
+            with contextlib.suppress(OSError):
+                self._stdin.close()
+            if not self._file_done.wait(FILE_DEADLINE):
+                log.warning("span process did not finish traces.jsonl in %s s", FILE_DEADLINE)
+        if self._fallback is not None:
+            self._fallback.close_file()
+
+    def close_sender(self, deadline: float) -> bool:
+        """Wait at most ``deadline`` for OTLP; the span process is killed after that."""
+        finished = self._done.wait(max(0.0, deadline)) and self._finished
+        if self._process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(0.2 if finished else 0.0)
+            if self._process.poll() is None:
+                self._process.kill()
+                self._process.wait()
+        self._reader.join(1.0)  # the process is gone: its output ends
+        if self._fallback is not None:
+            finished = self._fallback.close_sender(max(0.0, deadline)) and finished
+            self.dropped += self._fallback.dropped
+        return finished
+
+    def _read(self, stdout: IO[bytes]) -> None:
+        """The span process's replies (a thread that sleeps in ``read``)."""
+        while (message := read_frame(stdout)) is not None:
+            kind = message[0]
+            if kind == "flushed":
+                with self._flushed:
+                    self._acked = max(self._acked, message[1])
+                    self._flushed.notify_all()
+            elif kind == "file_done":
+                self._file_done.set()
+            elif kind == "done":
+                self.dropped += message[1]
+                self._finished = bool(message[2])
+                self._done.set()
+            elif kind == "log":
+                logging.getLogger(message[2]).log(message[1], "%s", message[3])
+        stdout.close()  # a suite run with -W error must not see our ResourceWarning
+        self._file_done.set()  # gone: nothing more will come
+        self._done.set()
+
+
+# -- the span process -------------------------------------------------------------------
+
+
+class _ReplyLogs(logging.Handler):
+    """Warnings of the exporter go back to pytest's process, which logs them."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__(logging.WARNING)
+        self._reply = reply
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self._reply(("log", record.levelno, record.name, record.getMessage()))
+
+
+def main() -> int:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    reply_lock = threading.Lock()
+
+    def reply(message: tuple[Any, ...]) -> None:
+        with reply_lock, contextlib.suppress(OSError, ValueError):
+            write_frame(stdout, message)
+
+    logging.getLogger().addHandler(_ReplyLogs(reply))
+    start = read_frame(stdin)
+    if start is None or start[0] != "start":
+        return 2
+    _, path, otlp_fields = start
+    make_exporter = SignalExport(*otlp_fields).make_encoded_span_exporter if otlp_fields else None
+    writer = SpanWriter(Path(path) if path else None, make_exporter)
+    otlp_deadline = 1.5  # pytest died without saying: export.EXPORT_DEADLINE
+    while (message := read_frame(stdin)) is not None:
+        kind = message[0]
+        if kind == "spans":
+            writer.write(message[1], message[2])
+        elif kind == "flush":
+            reply(("flushed", message[1]))
+        elif kind == "end":
+            otlp_deadline = message[1]
+            break
+    writer.close_file()
+    reply(("file_done",))
+    finished = writer.close_sender(otlp_deadline)
+    reply(("done", writer.dropped, finished))
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    # Not sys.exit: an exporter thread still waiting for a dead collector must not
+    # hold the interpreter's shutdown; everything that matters is written.
+    os._exit(code)

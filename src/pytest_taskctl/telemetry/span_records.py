@@ -1,0 +1,129 @@
+"""Finished spans as plain tuples: what crosses the pipe to the span process.
+
+The encoder (:mod:`.encode`) runs in a process of its own
+(:mod:`.span_process`), so a finished span must become data that
+``marshal`` can carry: ints, strings, floats, bools, tuples, lists and
+dicts. A :class:`SpanRecord` is that data with names; on the wire it is the
+plain tuple (``marshal`` refuses tuple subclasses), rebuilt on the other side
+with ``SpanRecord._make``.
+
+Resources are sent once, not with every span: a record names its resource
+by a small integer that :class:`Recorder` hands out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+#: Attribute value types marshal carries as they are (bool is an int).
+_PLAIN = (str, int, float)
+
+
+class SpanRecord(NamedTuple):
+    """Everything OTLP needs of one finished span."""
+
+    trace_id: int
+    span_id: int
+    trace_state: str  # W3C tracestate header, "" when empty
+    parent_id: int  # 0: a root span
+    parent_remote: bool
+    name: str
+    kind: int  # the API's SpanKind value (INTERNAL is 0)
+    start: int  # ns since the epoch
+    end: int
+    attributes: Mapping[str, Any]
+    events: list[tuple[str, Mapping[str, Any], int]]  # (name, attributes, time ns)
+    links: list[tuple[int, int, bool, Mapping[str, Any]]]  # (trace id, span id, remote, attrs)
+    status_code: int  # UNSET 0, OK 1, ERROR 2: OTLP's numbers too
+    status_message: str
+    scope: tuple[str, str, str] | tuple[()]  # (name, version, schema url), () when none
+    resource: int  # key into the resources sent beside the records
+
+
+class ResourceRecord(NamedTuple):
+    attributes: Mapping[str, Any]
+    schema_url: str
+
+
+def plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Attributes that marshal can carry: sequences as tuples, anything else as ``str``.
+
+    The SDK already checked its spans' values; light spans take what the
+    suite's code sets, so an object there becomes its ``str``, as the
+    encoder would have made it anyway.
+    """
+    if not attributes:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if isinstance(value, _PLAIN) or value is None:
+            out[str(key)] = value
+        elif isinstance(value, (list, tuple)):
+            out[str(key)] = tuple(v if isinstance(v, _PLAIN) else str(v) for v in value)
+        else:
+            out[str(key)] = str(value)
+    return out
+
+
+class Recorder:
+    """Turns finished spans (SDK or light) into records; one per span pipeline."""
+
+    def __init__(self) -> None:
+        self._resource_keys: dict[int, int] = {}  # id(resource) -> key
+        #: Resources not sent yet; the pipeline sends them with the next records.
+        self.new_resources: dict[int, tuple[Any, ...]] = {}
+        self._resources: list[Any] = []  # keep them alive: their id() is our key
+
+    def _resource_key(self, resource: Any) -> int:
+        key = self._resource_keys.get(id(resource))
+        if key is None:
+            key = self._resource_keys[id(resource)] = len(self._resources)
+            self._resources.append(resource)
+            attributes = resource.attributes if resource is not None else {}
+            schema_url = (resource.schema_url or "") if resource is not None else ""
+            self.new_resources[key] = (plain_attributes(attributes), schema_url)
+        return key
+
+    def record(self, span: Any) -> tuple[Any, ...]:
+        """A plain tuple in :class:`SpanRecord` order; ``span`` is only read."""
+        context = span.get_span_context()
+        parent = span.parent
+        scope = span.instrumentation_scope
+        status = span.status
+        attributes = span.attributes
+        if type(attributes) is not dict:  # the SDK's BoundedAttributes
+            attributes = plain_attributes(attributes)
+        return (
+            context.trace_id,
+            context.span_id,
+            context.trace_state.to_header() if context.trace_state else "",
+            parent.span_id if parent is not None else 0,
+            bool(parent is not None and parent.is_remote),
+            span.name,
+            span.kind.value,
+            span.start_time or 0,
+            span.end_time or 0,
+            attributes,
+            [(e.name, plain_attributes(e.attributes), e.timestamp) for e in span.events],
+            [
+                (
+                    link.context.trace_id,
+                    link.context.span_id,
+                    link.context.is_remote,
+                    plain_attributes(link.attributes),
+                )
+                for link in span.links
+            ],
+            status.status_code.value,
+            status.description or "",
+            (scope.name, scope.version or "", scope.schema_url or "") if scope is not None else (),
+            self._resource_key(span.resource),
+        )
+
+
+def records_of(spans: Any) -> tuple[list[SpanRecord], dict[int, ResourceRecord]]:
+    """Records and resources of ``spans`` in one go (tests, tools)."""
+    recorder = Recorder()
+    records = [SpanRecord._make(recorder.record(span)) for span in spans]
+    return records, {k: ResourceRecord(*v) for k, v in recorder.new_resources.items()}

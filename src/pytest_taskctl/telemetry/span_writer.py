@@ -1,0 +1,143 @@
+"""Where span records end up: ``traces.jsonl`` at once, OTLP on a thread of its own.
+
+A :class:`SpanWriter` encodes records once (:mod:`.encode`), appends the
+OTLP/JSON line to ``traces.jsonl`` and hands the protobuf bytes to an
+:class:`OtlpSender`. The sender may block on a slow or absent collector;
+the file never waits for it. It runs in the span process
+(:mod:`.span_process`), or in pytest's own process when that process could
+not be started.
+
+The OTLP exporters are the SDK's own (headers, TLS, compression, retries),
+fed the pre-encoded request instead of spans.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from opentelemetry import context as otel_context
+
+from .encode import encode_request
+from .span_records import ResourceRecord, SpanRecord
+
+#: Spans per request: keeps a request well under collectors' 4 MiB default limit.
+MAX_BATCH = 512
+#: Encoded requests waiting for a slow collector before new ones are dropped.
+MAX_PENDING_REQUESTS = 256
+
+
+class EncodedSpans:
+    """A pre-encoded ``ExportTraceServiceRequest`` and the number of spans in it."""
+
+    __slots__ = ("count", "payload")
+
+    def __init__(self, payload: bytes, count: int) -> None:
+        self.payload = payload
+        self.count = count
+
+
+def _suppressed() -> object:
+    """Our own export traffic must not become spans (``--taskctl-http`` in this process)."""
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
+    return otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+
+
+class OtlpSender:
+    """Sends encoded requests with an SDK exporter, on a thread of its own."""
+
+    def __init__(self, make_exporter: Callable[[], Any]) -> None:
+        self._make_exporter = make_exporter
+        self._queue: collections.deque[EncodedSpans | None] = collections.deque()
+        self._wake = threading.Event()
+        self.dropped = 0
+        self.exporter: Any = None
+        self._thread = threading.Thread(target=self._run, name="taskctl-otlp", daemon=True)
+        self._thread.start()
+
+    def send(self, encoded: EncodedSpans) -> None:
+        if len(self._queue) >= MAX_PENDING_REQUESTS:
+            self.dropped += encoded.count
+            return
+        self._queue.append(encoded)
+        self._wake.set()
+
+    def _run(self) -> None:
+        _suppressed()
+        # Importing and building the exporter (grpc is heavy) happens here, while
+        # pytest collects: not on the session's start-up path.
+        self.exporter = self._make_exporter()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                encoded = self._queue.popleft()
+                if encoded is None:
+                    return
+                with contextlib.suppress(Exception):  # the exporter logs its own failures
+                    self.exporter.export(encoded)
+
+    def close(self, deadline: float) -> bool:
+        """Send what is queued within ``deadline`` seconds; True if all of it left."""
+        self._queue.append(None)
+        self._wake.set()
+        self._thread.join(max(0.0, deadline))
+        finished = not self._thread.is_alive()
+        if finished and self.exporter is not None:
+            with contextlib.suppress(Exception):
+                self.exporter.shutdown()
+        return finished
+
+
+class SpanWriter:
+    """Encodes records and writes them to ``traces.jsonl`` and an :class:`OtlpSender`."""
+
+    def __init__(self, path: Path | None, make_exporter: Callable[[], Any] | None) -> None:
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close_file
+        self._sender = OtlpSender(make_exporter) if make_exporter is not None else None
+        self._resources: dict[int, ResourceRecord] = {}
+        self._lock = threading.Lock()  # in pytest's process: the drain thread and shutdown
+
+    @property
+    def dropped(self) -> int:
+        return self._sender.dropped if self._sender is not None else 0
+
+    def write(
+        self, resources: Mapping[int, Sequence[Any]], records: Sequence[Sequence[Any]]
+    ) -> None:
+        """Encode and write ``records`` (plain tuples in :class:`SpanRecord` order)."""
+        with self._lock:
+            for key, resource in resources.items():
+                self._resources[key] = ResourceRecord(*resource)
+            protobuf = self._sender is not None
+            for first in range(0, len(records), MAX_BATCH):
+                batch = [SpanRecord._make(r) for r in records[first : first + MAX_BATCH]]
+                line, payload = encode_request(batch, self._resources, protobuf=protobuf)
+                if self._file is not None:
+                    self._file.write(line)
+                if self._sender is not None:
+                    self._sender.send(EncodedSpans(payload, len(batch)))
+            if self._file is not None:
+                self._file.flush()
+
+    def flush(self, timeout: float) -> bool:
+        return True  # written when given
+
+    def close_file(self, otlp_deadline: float = 0.0) -> None:
+        """Close ``traces.jsonl`` (``otlp_deadline``: for :meth:`close_sender`'s caller)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def close_sender(self, deadline: float) -> bool:
+        """Give OTLP at most ``deadline`` seconds for what is left; True if all of it left."""
+        return self._sender.close(deadline) if self._sender is not None else True

@@ -1,0 +1,140 @@
+"""The span process: spans leave pytest's process, and nothing is lost when that process fails."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from pytest_taskctl.telemetry.pipeline import SpanPipeline
+
+from .test_telemetry import read_spans
+
+SPAN_PROCESS = "pytest_taskctl.telemetry.span_process"
+
+
+def span_processes_of(pid: int) -> list[int]:
+    """Live span processes started by ``pid`` (from /proc: what a user's ``ps`` shows)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parent, state = int(fields["PPid"]), fields["State"].split()[0]
+        if SPAN_PROCESS in cmdline and parent == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_run_encodes_its_spans_in_a_process_that_ends_with_it(ptr: pytest.Pytester) -> None:
+    ptr.makepyfile(
+        test_alive="""
+        import os
+        from tests_helper import span_processes_of
+
+        def test_a_span_process_runs_beside_the_tests():
+            assert len(span_processes_of(os.getpid())) == 1
+        """,
+        tests_helper=f"from {__name__} import span_processes_of\n",
+    )
+    ptr.runpytest("--run-id", "spanproc-1").assert_outcomes(passed=1)
+    assert span_processes_of(os.getpid()) == []
+    names = [s["name"] for s in read_spans(ptr.path / "logs" / "spanproc-1" / "traces.jsonl")]
+    assert "test_alive.py::test_a_span_process_runs_beside_the_tests" in names
+    assert "pytest session" in names
+
+
+KILLED_HELPER_SUITE = """
+import os, signal, time
+from pathlib import Path
+from tests_helper import span_processes_of
+
+def test_before():
+    pass
+
+def test_kills_the_span_process():
+    (helper,) = span_processes_of(os.getpid())
+    os.kill(helper, signal.SIGKILL)
+    while span_processes_of(os.getpid()):
+        time.sleep(0.01)
+
+def test_after():
+    pass
+"""
+
+
+def test_a_killed_span_process_does_not_lose_later_spans(ptr: pytest.Pytester) -> None:
+    ptr.makepyfile(
+        test_killed=KILLED_HELPER_SUITE, tests_helper=f"from {__name__} import span_processes_of\n"
+    )
+    result = ptr.runpytest("--run-id", "spanproc-2")
+    result.assert_outcomes(passed=3)
+    names = {s["name"] for s in read_spans(ptr.path / "logs" / "spanproc-2" / "traces.jsonl")}
+    # What the dead process had not written is lost (at most half a second of spans);
+    # everything after it is written by pytest's own process.
+    assert {"test_killed.py::test_after", "pytest session"} <= names
+    log = (ptr.path / "logs" / "spanproc-2" / "pytest.log").read_text()
+    assert "span process ended early; encoding spans in pytest's process" in log
+
+
+def test_a_value_marshal_cannot_carry_is_written_as_its_text(ptr: pytest.Pytester) -> None:
+    ptr.makepyfile(
+        test_values="""
+        from opentelemetry import trace
+
+        class Build:
+            def __str__(self):
+                return "build 42"
+
+        def test_sets_an_object():
+            trace.get_current_span().set_attribute("app.build", Build())
+        """
+    )
+    ptr.runpytest("--run-id", "spanproc-3").assert_outcomes(passed=1)
+    (call,) = [
+        s
+        for s in read_spans(ptr.path / "logs" / "spanproc-3" / "traces.jsonl")
+        if s["name"] == "call"  # the span current in the test
+    ]
+    attributes = {a["key"]: a["value"] for a in call["attributes"]}
+    assert attributes["app.build"] == {"stringValue": "build 42"}
+
+
+def test_without_a_span_process_spans_are_written_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    pipeline = SpanPipeline(tmp_path / "traces.jsonl", None)
+    provider = TracerProvider()
+    provider.add_span_processor(pipeline)
+    for index in range(3):
+        provider.get_tracer("t").start_span(f"span {index}").end()
+    pipeline.shutdown()
+    assert pipeline.close_sender(1.0)
+    assert [s["name"] for s in read_spans(tmp_path / "traces.jsonl")] == [
+        "span 0",
+        "span 1",
+        "span 2",
+    ]
+    assert "span process not started" in caplog.text
+
+
+def test_the_span_process_ignores_ctrl_c_in_the_terminal(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches its whole process group: not the span process's."""
+    pipeline = SpanPipeline(tmp_path / "traces.jsonl", None)
+    try:
+        (helper,) = span_processes_of(os.getpid())
+        assert os.getpgid(helper) != os.getpgid(0)
+        assert os.getsid(helper) == helper
+    finally:
+        pipeline.shutdown()
+        pipeline.close_sender(1.0)
+    assert span_processes_of(os.getpid()) == []
