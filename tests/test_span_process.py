@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from pytest_taskctl.telemetry.pipeline import SpanPipeline
 
+from .conftest import INNER_INI, wait_for
 from .test_telemetry import read_spans
 
 SPAN_PROCESS = "pytest_taskctl.telemetry.span_process"
@@ -138,3 +140,44 @@ def test_the_span_process_ignores_ctrl_c_in_the_terminal(tmp_path: Path) -> None
         pipeline.shutdown()
         pipeline.close_sender(1.0)
     assert span_processes_of(os.getpid()) == []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = next(
+            line.split()[1]
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("State:")
+        )
+    except (OSError, StopIteration):
+        return True
+    return state == "Z"
+
+
+def test_a_sigkilled_run_keeps_its_spans_and_leaves_no_span_process(
+    tmp_path: Path, taskctl_env: dict[str, str]
+) -> None:
+    (tmp_path / "pytest.ini").write_text(INNER_INI)
+    (tmp_path / "test_killed.py").write_text(
+        "import time\n\ndef test_done():\n    pass\n\ndef test_hangs():\n    time.sleep(60)\n"
+    )
+    traces = tmp_path / "logs" / "spanproc-kill" / "traces.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--run-id", "spanproc-kill"],
+        cwd=tmp_path,
+        env=taskctl_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # The contract: a finished test's span is in the file within 1 s of its end.
+        wait_for(lambda: traces.exists() and "test_killed.py::test_done" in traces.read_text())
+        (helper,) = span_processes_of(process.pid)
+        process.kill()
+        process.wait()
+        wait_for(lambda: _gone(helper), timeout=5.0)  # its input closed: it wrote and left
+    finally:
+        process.kill()
+        process.wait()
+    names = [s["name"] for s in read_spans(traces)]  # every line still parses
+    assert "test_killed.py::test_done" in names
