@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,34 @@ def test_a_sigkilled_run_keeps_its_spans_and_leaves_no_span_process(
         process.wait()
     names = [s["name"] for s in read_spans(traces)]  # every line still parses
     assert "test_killed.py::test_done" in names
+
+
+def test_a_wedged_span_process_never_hangs_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span process that stops reading (SIGSTOP here) is killed; pytest's process takes over."""
+    from pytest_taskctl.telemetry import span_process
+
+    monkeypatch.setattr(span_process, "WRITE_DEADLINE", 0.5)
+    pipeline = SpanPipeline(tmp_path / "traces.jsonl", None)
+    provider = TracerProvider()
+    provider.add_span_processor(pipeline)
+    tracer = provider.get_tracer("t")
+    (helper,) = span_processes_of(os.getpid())
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for batch in range(10):  # far more than the pipe holds (~4 MB of records)
+            for index in range(1000):
+                attributes = {"pad": f"{index:0400}"}
+                tracer.start_span(f"span {batch}.{index}", attributes=attributes).end()
+            pipeline.force_flush(1000)
+        pipeline.shutdown()
+        assert pipeline.close_sender(1.0)
+        assert time.monotonic() - started < 15
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(helper, signal.SIGCONT)  # it was killed: nothing to wake
+    wait_for(lambda: span_processes_of(os.getpid()) == [])
+    names = {s["name"] for s in read_spans(tmp_path / "traces.jsonl")}
+    assert "span 9.999" in names, "what came after the wedge is written in-process"

@@ -30,10 +30,12 @@ import contextlib
 import logging
 import marshal
 import os
+import select
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +51,9 @@ _LENGTH = struct.Struct("<I")
 FILE_DEADLINE = 10.0
 #: Pipe buffer asked of the kernel: a slow moment of this process must not block pytest's.
 PIPE_SIZE = 1 << 20
+#: A span process that takes nothing from a full pipe for this long is wedged: it is
+#: killed and pytest's process does the work (telemetry fails open, it never hangs a run).
+WRITE_DEADLINE = 5.0
 
 
 def write_frame(stream: IO[bytes], message: tuple[Any, ...]) -> None:
@@ -123,6 +128,7 @@ class ProcessSink:
             import fcntl
 
             fcntl.fcntl(process.stdin, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        os.set_blocking(process.stdin.fileno(), False)  # writes wait at most WRITE_DEADLINE
         sink = cls(process)
         sink._fallback_args = (path, otlp)
         otlp_fields = None
@@ -146,12 +152,26 @@ class ProcessSink:
             if self._fallback is not None:
                 return False
             try:
-                self._stdin.write(_LENGTH.pack(len(payload)) + payload)
-                self._stdin.flush()
+                self._write_all(_LENGTH.pack(len(payload)) + payload)
                 return True
-            except (OSError, ValueError):  # BrokenPipeError; ValueError: closed
+            except (OSError, ValueError):  # BrokenPipeError, TimeoutError; ValueError: closed
+                self._process.kill()  # wedged or gone: its output ends, its reader too
                 self._start_fallback()
                 return False
+
+    def _write_all(self, data: bytes) -> None:
+        """Write to the pipe, waiting for room at most ``WRITE_DEADLINE`` in all."""
+        fd = self._stdin.fileno()
+        view = memoryview(data)
+        deadline = time.monotonic() + WRITE_DEADLINE
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("span process took nothing for 5 s") from None
+                select.select([], [fd], [], remaining)
 
     def _start_fallback(self) -> None:
         path, otlp = self._fallback_args
@@ -199,8 +219,8 @@ class ProcessSink:
                 self._process.kill()
                 self._process.wait()
         self._reader.join(1.0)  # the process is gone: its output ends
-        if self._fallback is not None:
-            finished = self._fallback.close_sender(max(0.0, deadline)) and finished
+        if self._fallback is not None:  # what the dead process had is lost; the rest is here
+            finished = self._fallback.close_sender(max(0.0, deadline))
             self.dropped += self._fallback.dropped
         return finished
 
