@@ -8,6 +8,7 @@ a free loopback port, the receiver is a gRPC server built on
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -51,6 +52,12 @@ def _asyncio_knows_loop_scope() -> bool:
 
 
 #: What every inner run's ini starts with (append more lines to it).
+# A suite started from a background shell (`make test &`) inherits SIGINT ignored, and
+# so would every pytest it starts (exec keeps an ignored signal ignored): the Ctrl-C
+# tests need it delivered. A handled signal is reset to the default on exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 INNER_INI = "[pytest]\n" + (
     "asyncio_default_fixture_loop_scope = function\n" if _asyncio_knows_loop_scope() else ""
 )
