@@ -42,10 +42,15 @@ def span_processes_of(pid: int) -> list[int]:
 def test_a_run_encodes_its_spans_in_a_process_that_ends_with_it(ptr: pytest.Pytester) -> None:
     ptr.makepyfile(
         test_alive="""
-        import os
+        import os, time
         from tests_helper import span_processes_of
 
         def test_a_span_process_runs_beside_the_tests():
+            # Started with the first spans that leave while the run goes on (0.5 s).
+            deadline = time.monotonic() + 5
+            while not span_processes_of(os.getpid()):
+                assert time.monotonic() < deadline, "no span process"
+                time.sleep(0.02)
             assert len(span_processes_of(os.getpid())) == 1
         """,
         tests_helper=f"from {__name__} import span_processes_of\n",
@@ -66,6 +71,8 @@ def test_before():
     pass
 
 def test_kills_the_span_process():
+    while not span_processes_of(os.getpid()):  # started with the first spans that leave
+        time.sleep(0.02)
     (helper,) = span_processes_of(os.getpid())
     os.kill(helper, signal.SIGKILL)
     while span_processes_of(os.getpid()):
@@ -122,6 +129,7 @@ def test_without_a_span_process_spans_are_written_in_process(
     provider.add_span_processor(pipeline)
     for index in range(3):
         provider.get_tracer("t").start_span(f"span {index}").end()
+    pipeline.force_flush()  # spans leave while the run goes on: a span process is asked for
     pipeline.shutdown()
     assert pipeline.close_sender(1.0)
     assert [s["name"] for s in read_spans(tmp_path / "traces.jsonl")] == [
@@ -132,9 +140,30 @@ def test_without_a_span_process_spans_are_written_in_process(
     assert "span process not started" in caplog.text
 
 
+def test_a_run_shorter_than_half_a_second_starts_no_span_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_taskctl.telemetry import pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "FILE_SCHEDULE", 60.0)  # no drain before the end
+    pipeline = SpanPipeline(tmp_path / "traces.jsonl", None)
+    assert (tmp_path / "traces.jsonl").exists(), "there from the start, for tail -f"
+    provider = TracerProvider()
+    provider.add_span_processor(pipeline)
+    provider.get_tracer("t").start_span("quick").end()
+    assert span_processes_of(os.getpid()) == []
+    pipeline.shutdown()
+    assert pipeline.close_sender(1.0)
+    assert [s["name"] for s in read_spans(tmp_path / "traces.jsonl")] == ["quick"]
+
+
 def test_the_span_process_ignores_ctrl_c_in_the_terminal(tmp_path: Path) -> None:
     """A terminal's Ctrl-C reaches its whole process group: not the span process's."""
     pipeline = SpanPipeline(tmp_path / "traces.jsonl", None)
+    provider = TracerProvider()
+    provider.add_span_processor(pipeline)
+    provider.get_tracer("t").start_span("first").end()
+    pipeline.force_flush()  # the first spans that leave start the span process
     try:
         (helper,) = span_processes_of(os.getpid())
         assert os.getpgid(helper) != os.getpgid(0)
@@ -197,6 +226,8 @@ def test_a_wedged_span_process_never_hangs_the_run(
     provider = TracerProvider()
     provider.add_span_processor(pipeline)
     tracer = provider.get_tracer("t")
+    tracer.start_span("first").end()
+    pipeline.force_flush()  # the first spans that leave start the span process
     (helper,) = span_processes_of(os.getpid())
     os.kill(helper, signal.SIGSTOP)
     try:

@@ -50,7 +50,17 @@ class SpanPipeline(SpanProcessor):
     def __init__(self, path: Path | None, otlp: SignalExport | None) -> None:
         self._spans: collections.deque[ReadableSpan] = collections.deque()
         self._recorder = Recorder()
-        self._sink = start_sink(path, otlp)
+        self._path = path
+        #: Started with the first spans that leave while the run goes on: a run shorter
+        #: than FILE_SCHEDULE (pytester's, a quick rerun) writes its few spans at its end,
+        #: here, without a second interpreter. With OTLP at once: gRPC imports while
+        #: pytest collects.
+        self._sink: ProcessSink | SpanWriter | None = None
+        if path is not None:  # there from the start, as `tail -f` expects
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        if otlp is not None:
+            self._sink = start_sink(path, otlp)
         self._stopped = threading.Event()
         self._lock = threading.Lock()  # one drain at a time (the thread, or shutdown)
         self._thread = threading.Thread(target=self._run, name="taskctl-spans", daemon=True)
@@ -66,11 +76,15 @@ class SpanPipeline(SpanProcessor):
         while not self._stopped.wait(FILE_SCHEDULE):
             self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, final: bool = False) -> None:
         with self._lock:
             spans = self._spans
+            if self._sink is None and (spans or final):
+                # The last drain of a short run: its spans are written here, at once.
+                self._sink = SpanWriter(self._path, None) if final else start_sink(self._path, None)
             if not spans:
                 return
+            assert self._sink is not None
             record = self._recorder.record
             records = [record(spans.popleft()) for _ in range(len(spans))]
             resources, self._recorder.new_resources = self._recorder.new_resources, {}
@@ -78,7 +92,7 @@ class SpanPipeline(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self._drain()
-        return self._sink.flush(timeout_millis / 1000)
+        return self._sink.flush(timeout_millis / 1000) if self._sink is not None else True
 
     def shutdown(self, otlp_deadline: float = 1.5) -> None:
         """Write every span left to the file (local: always complete), then stop."""
@@ -86,12 +100,15 @@ class SpanPipeline(SpanProcessor):
             return  # once: the SDK's provider may call it again at exit
         self._stopped.set()
         self._thread.join()
-        self._drain()
+        self._drain(final=True)
+        assert self._sink is not None
         self._sink.close_file(otlp_deadline)
 
     def close_sender(self, deadline: float) -> bool:
         """Give OTLP at most ``deadline`` seconds for what is left; never block longer."""
         started = time.monotonic()
+        if self._sink is None:
+            return True
         finished = self._sink.close_sender(deadline - (time.monotonic() - started))
         if self._sink.dropped:
             log.warning(

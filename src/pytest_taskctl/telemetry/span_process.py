@@ -8,8 +8,11 @@ records (:mod:`.span_records`) and writes them, every half second, to a pipe;
 this process encodes them, appends them to ``traces.jsonl`` and sends them
 over OTLP with the SDK's exporter (gRPC is imported here, not in pytest).
 
-Lifetime: started with the run's tracer, in a session of its own (Ctrl-C in
-the terminal is pytest's to handle, not ours). It ends when pytest says
+Lifetime: started when the first spans leave while the run goes on -- at
+once when OTLP is configured, so gRPC imports while pytest collects; a run
+shorter than half a second writes its few spans at its end without a second
+interpreter -- in a session of its own (Ctrl-C in the terminal is pytest's
+to handle, not ours). It ends when pytest says
 ``end`` -- after writing the file completely, then giving OTLP a bounded
 time -- or when its input closes because pytest died: it then writes what it
 got and exits the same way. So a SIGKILLed run loses at most the spans that
