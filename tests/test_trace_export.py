@@ -61,6 +61,54 @@ def test_otlp_grpc_export_matches_the_file(
     assert names == {"pytest"}, "logs and spans name the same service"
 
 
+LOGGING_SUITE = """
+import logging, sys
+from opentelemetry import trace
+
+log = logging.getLogger("app.orders")
+
+def test_logs():
+    log.warning("order %s refused", 42, extra={"app.user": "u1"})
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("boom")
+    with open("trace_id.txt", "w") as f:
+        f.write(format(trace.get_current_span().get_span_context().trace_id, "032x"))
+
+def test_pytest_process_loads_no_grpc_and_no_logs_sdk():
+    # Both live in the span process: gRPC is a heavy import, and the logs SDK's
+    # loggers (one of them non-propagating) cost pytest's log capture every test.
+    loaded = [m for m in sys.modules if m.startswith(("grpc", "opentelemetry.sdk._logs"))]
+    assert loaded == []
+"""
+
+
+def test_otel_log_records_keep_level_extra_exception_and_trace(
+    ptr: pytest.Pytester, otlp_receiver: tuple[OTLPReceiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver, endpoint = otlp_receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    ptr.makepyfile(test_logging=LOGGING_SUITE)
+    ptr.runpytest_subprocess("--run-id", "logs-1").assert_outcomes(passed=2)
+    records = {r.body.string_value: r for r in receiver.log_records()}
+    refused, boom = records["order 42 refused"], records["boom"]
+    trace_id = (ptr.path / "trace_id.txt").read_text()
+    assert refused.trace_id.hex() == boom.trace_id.hex() == trace_id
+    assert (refused.severity_text, refused.severity_number) == ("WARN", 13)
+    assert (boom.severity_text, boom.severity_number) == ("ERROR", 17)
+    refused_attributes = {a.key: a.value.string_value for a in refused.attributes}
+    assert refused_attributes["app.user"] == "u1"
+    boom_attributes = {a.key: a.value.string_value for a in boom.attributes}
+    assert boom_attributes["exception.type"] == "ZeroDivisionError"
+    assert boom_attributes["exception.message"] == "division by zero"
+    assert "in test_logs" in boom_attributes["exception.stacktrace"]
+    with receiver.lock:
+        scopes = {sl.scope.name for req in receiver.log_requests for rl in req.resource_logs
+                  for sl in rl.scope_logs}  # fmt: skip
+    assert "app.orders" in scopes, "the logger's name is the scope, as the SDK's handler does"
+
+
 class _OTLPHTTPHandler(BaseHTTPRequestHandler):
     requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
 

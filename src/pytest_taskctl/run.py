@@ -32,7 +32,7 @@ from .status import end_status
 from .telemetry import traceid
 from .telemetry.export import EXPORT_DEADLINE
 from .telemetry.logs import RunLog
-from .telemetry.tracing import RunTracer, make_resource
+from .telemetry.tracing import RunTracer
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -135,7 +135,7 @@ class TaskRun:
             export=settings.export,
         )
         traceid.activate(self.tracer)
-        self.runlog.start(resource=make_resource())
+        self.runlog.start(resource=self.tracer.resource, log_sink=self.tracer.span_pipeline)
         self.tracer.start_session(
             {"test.suite.name": "pytest", "host.name": socket.gethostname()},
             joined=settings.xdist_session,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .events import SpanEventHandler
-from .export import EXPORT_DEADLINE, ExportConfig, run_bounded
+from .export import EXPORT_DEADLINE, ExportConfig
+from .log_forwarding import LogForwarder
 from .traceid import get_traceid
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - [%(traceid)s] - %(message)s"
@@ -147,12 +148,12 @@ class RunLog:
         self.handler_level = handler_level if root_level is None else root_level
         self._export = export
         self._handlers: list[logging.Handler] = []
-        self._logger_provider: Any = None
         self._saved_root_level: int | None = None
         self._file: BufferedFileHandler | None = None
         self._own_level_set = False
 
-    def start(self, resource: Any = None) -> None:
+    def start(self, resource: Any = None, log_sink: Any = None) -> None:
+        """Attach the handlers; ``log_sink`` (the span pipeline) takes OTel log records."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = BufferedFileHandler(self.path)
         file_handler.setLevel(self.handler_level)
@@ -163,8 +164,9 @@ class RunLog:
         if self._export is not None and not self._export.sdk_disabled:
             events = SpanEventHandler(self.handler_level)  # the file's records, as span events
             self._handlers.append(events)
-        if self._export is not None and self._export.otlp_logs:
-            self._handlers.append(self._otel_handler(self._export, resource))
+        if self._export is not None and self._export.otlp_logs and log_sink is not None:
+            log_sink.start_logs(resource, self._export.logs)
+            self._handlers.append(LogForwarder(self.handler_level, log_sink.on_log))
         own = logging.getLogger(OWN_LOGGERS)
         if own.level == logging.NOTSET:
             own.setLevel(logging.INFO)
@@ -181,16 +183,6 @@ class RunLog:
         """Write one plugin line to ``pytest.log`` (not to pytest's capture, not to OTel)."""
         if self._file is not None:
             self._file.write_line(level, PLUGIN_LOGGER, get_traceid(), msg % args)
-
-    def _otel_handler(self, export: ExportConfig, resource: Any) -> logging.Handler:
-        from opentelemetry.instrumentation.logging.handler import LoggingHandler
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-
-        provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        provider.add_log_record_processor(BatchLogRecordProcessor(export.logs.make_exporter()))
-        self._logger_provider = provider
-        return LoggingHandler(level=self.handler_level, logger_provider=provider)
 
     def stop(self, deadline: float = EXPORT_DEADLINE) -> bool:
         """Detach and close the handlers, then flush the OTel logs within ``deadline``.
@@ -210,7 +202,4 @@ class RunLog:
         if self._own_level_set:
             logging.getLogger(OWN_LOGGERS).setLevel(logging.NOTSET)
             self._own_level_set = False
-        provider, self._logger_provider = self._logger_provider, None
-        if provider is None:
-            return True
-        return run_bounded(provider.shutdown, deadline, "logs-flush")
+        return True  # OTel log records were sent with the spans (span pipeline's shutdown)

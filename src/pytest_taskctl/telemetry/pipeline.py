@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from .export import SignalExport
 from .span_process import ProcessSink
-from .span_records import Recorder
+from .span_records import Recorder, plain_attributes
 from .span_writer import SpanWriter
 
 log = logging.getLogger("pytest_taskctl.plugin")
@@ -49,8 +49,11 @@ class SpanPipeline(SpanProcessor):
 
     def __init__(self, path: Path | None, otlp: SignalExport | None) -> None:
         self._spans: collections.deque[ReadableSpan] = collections.deque()
+        #: OTel log records (:mod:`.log_forwarding`), when OTLP logs are on.
+        self._logs: collections.deque[tuple[Any, ...]] = collections.deque()
         self._recorder = Recorder()
         self._path = path
+        self._otlp = otlp
         #: Started with the first spans that leave while the run goes on: a run shorter
         #: than FILE_SCHEDULE (pytester's, a quick rerun) writes its few spans at its end,
         #: here, without a second interpreter. With OTLP at once: gRPC imports while
@@ -72,12 +75,28 @@ class SpanPipeline(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         self._spans.append(span)  # atomic under the GIL: no lock on the test's path
 
+    def start_logs(self, resource: Any, otlp: SignalExport) -> None:
+        """Send OTel log records (:meth:`on_log`) over OTLP too, from the span process."""
+        with self._lock:
+            if self._sink is None:  # at once: the exporter imports while pytest collects
+                self._sink = start_sink(self._path, self._otlp)
+            self._sink.start_logs(
+                (plain_attributes(resource.attributes), resource.schema_url or ""), otlp
+            )
+
+    def on_log(self, entry: tuple[Any, ...]) -> None:
+        if not self._stopped.is_set():  # after the last drain there is no one to send it
+            self._logs.append(entry)
+
     def _run(self) -> None:
         while not self._stopped.wait(FILE_SCHEDULE):
             self._drain()
 
     def _drain(self, final: bool = False) -> None:
         with self._lock:
+            if self._logs and self._sink is not None:  # started by start_logs
+                logs = self._logs
+                self._sink.write_logs([logs.popleft() for _ in range(len(logs))])
             spans = self._spans
             if self._sink is None and (spans or final):
                 # The last drain of a short run: its spans are written here, at once.

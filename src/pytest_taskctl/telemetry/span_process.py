@@ -21,8 +21,9 @@ had not left pytest's process yet (half a second of them), as before.
 The wire: frames of a 4-byte little-endian length and a ``marshal`` payload,
 a tuple whose first item names the message. Towards this process:
 ``("start", traces_path, otlp_settings)``, ``("spans", resources, records)``,
-``("flush", n)``, ``("end", otlp_deadline)``. Back: ``("flushed", n)``,
-``("file_done",)``, ``("done", dropped, finished)`` and
+``("logs_start", resource, otlp_settings)``, ``("logs", records)`` (OTel log
+records, :mod:`.log_forwarding`), ``("flush", n)``, ``("end", otlp_deadline)``.
+Back: ``("flushed", n)``, ``("file_done",)``, ``("done", dropped, finished)`` and
 ``("log", level, logger, message)`` for warnings of the exporter, which pytest's
 process logs as its own.
 """
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .export import SignalExport
+from .log_forwarding import FROM_SPAN_PROCESS
 from .span_records import plain_attributes
 from .span_writer import SpanWriter
 
@@ -89,6 +91,11 @@ def _plain_records(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
+def _fields(otlp: SignalExport) -> tuple[Any, ...]:
+    """A signal's OTLP settings as the wire carries them (``SignalExport(*fields)``)."""
+    return (otlp.signal, otlp.otlp, otlp.protocol, otlp.endpoint, otlp.timeout, otlp.compression)
+
+
 class ProcessSink:
     """pytest's end of the pipe: the same methods as :class:`SpanWriter`."""
 
@@ -108,6 +115,7 @@ class ProcessSink:
         self._fallback: SpanWriter | None = None
         self._fallback_args: tuple[Path | None, SignalExport | None] = (None, None)
         self._resources: dict[int, Sequence[Any]] = {}
+        self._logs_start: tuple[Sequence[Any], SignalExport] | None = None
         self._reader = threading.Thread(
             target=self._read, args=(process.stdout,), name="taskctl-span-replies", daemon=True
         )
@@ -134,10 +142,7 @@ class ProcessSink:
         os.set_blocking(process.stdin.fileno(), False)  # writes wait at most WRITE_DEADLINE
         sink = cls(process)
         sink._fallback_args = (path, otlp)
-        otlp_fields = None
-        if otlp is not None:
-            otlp_fields = (otlp.signal, otlp.otlp, otlp.protocol, otlp.endpoint, otlp.timeout,
-                           otlp.compression)  # fmt: skip
+        otlp_fields = _fields(otlp) if otlp is not None else None
         sink._send(("start", str(path) if path is not None else None, otlp_fields))
         return sink
 
@@ -183,6 +188,20 @@ class ProcessSink:
         log.warning("span process ended early; encoding spans in pytest's process")
         self._fallback = SpanWriter(path, otlp.make_encoded_span_exporter if otlp else None)
         self._fallback.write(self._resources, [])
+        if self._logs_start is not None:
+            resource, logs_otlp = self._logs_start
+            self._fallback.start_logs(resource, logs_otlp)
+
+    def start_logs(self, resource: Sequence[Any], otlp: SignalExport) -> None:
+        self._logs_start = (resource, otlp)
+        if not self._send(("logs_start", tuple(resource), _fields(otlp))):
+            assert self._fallback is not None
+            self._fallback.start_logs(resource, otlp)
+
+    def write_logs(self, entries: Sequence[Sequence[Any]]) -> None:
+        if not self._send(("logs", list(entries))):
+            assert self._fallback is not None
+            self._fallback.write_logs(entries)
 
     def write(
         self, resources: Mapping[int, Sequence[Any]], records: Sequence[tuple[Any, ...]]
@@ -242,7 +261,9 @@ class ProcessSink:
                 self._finished = bool(message[2])
                 self._done.set()
             elif kind == "log":
-                logging.getLogger(message[2]).log(message[1], "%s", message[3])
+                logging.getLogger(message[2]).log(
+                    message[1], "%s", message[3], extra={FROM_SPAN_PROCESS: True}
+                )
         stdout.close()  # a suite run with -W error must not see our ResourceWarning
         self._file_done.set()  # gone: nothing more will come
         self._done.set()
@@ -283,6 +304,10 @@ def main() -> int:
         kind = message[0]
         if kind == "spans":
             writer.write(message[1], message[2])
+        elif kind == "logs":
+            writer.write_logs(message[1])
+        elif kind == "logs_start":
+            writer.start_logs(message[1], SignalExport(*message[2]))
         elif kind == "flush":
             reply(("flushed", message[1]))
         elif kind == "end":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,8 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 
 from .encode import encode_request
+from .export import SignalExport
+from .log_forwarding import LogExport
 from .span_records import ResourceRecord, SpanRecord
 
 #: Spans per request: keeps a request well under collectors' 4 MiB default limit.
@@ -103,6 +106,7 @@ class SpanWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close_file
         self._sender = OtlpSender(make_exporter) if make_exporter is not None else None
+        self._logs: LogExport | None = None
         self._resources: dict[int, ResourceRecord] = {}
         self._lock = threading.Lock()  # in pytest's process: the drain thread and shutdown
 
@@ -128,6 +132,14 @@ class SpanWriter:
             if self._file is not None:
                 self._file.flush()
 
+    def start_logs(self, resource: Sequence[Any], otlp: SignalExport) -> None:
+        """OTel log records go to OTLP too (:mod:`.log_forwarding`)."""
+        self._logs = LogExport(resource, otlp.make_exporter)
+
+    def write_logs(self, entries: Sequence[Sequence[Any]]) -> None:
+        if self._logs is not None and entries:
+            self._logs.write(entries)
+
     def flush(self, timeout: float) -> bool:
         return True  # written when given
 
@@ -139,5 +151,16 @@ class SpanWriter:
                 self._file = None
 
     def close_sender(self, deadline: float) -> bool:
-        """Give OTLP at most ``deadline`` seconds for what is left; True if all of it left."""
-        return self._sender.close(deadline) if self._sender is not None else True
+        """Give OTLP (spans and logs, side by side) at most ``deadline`` seconds for what
+        is left; True if all of it left."""
+        logs_done: threading.Thread | None = None
+        if self._logs is not None:
+            logs_done = threading.Thread(target=self._logs.shutdown, name="taskctl-logs-flush",
+                                         daemon=True)  # fmt: skip
+            logs_done.start()
+        started = time.monotonic()
+        finished = self._sender.close(deadline) if self._sender is not None else True
+        if logs_done is not None:
+            logs_done.join(max(0.0, deadline - (time.monotonic() - started)))
+            finished = finished and not logs_done.is_alive()
+        return finished

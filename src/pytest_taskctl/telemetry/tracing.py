@@ -106,6 +106,16 @@ class RunTracer:
             return provider.get_tracer("pytest_taskctl")
 
     @property
+    def resource(self) -> Any:
+        """The run's resource (spans and OTel logs alike); made here when tracing is off."""
+        return self._provider.resource if self._provider is not None else make_resource()
+
+    @property
+    def span_pipeline(self) -> Any:
+        """Where finished spans -- and OTel log records -- go (None with the SDK off)."""
+        return self._pipeline
+
+    @property
     def tracer_provider(self) -> Any:
         """Our own TracerProvider (None with the SDK disabled); never the global one."""
         return self._provider
