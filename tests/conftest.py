@@ -225,10 +225,13 @@ class OTLPReceiver(
     def __init__(self) -> None:
         self.trace_requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.log_requests: list[logs_service_pb2.ExportLogsServiceRequest] = []
+        #: gRPC metadata of every Export call (``OTEL_EXPORTER_OTLP_HEADERS`` arrive here).
+        self.metadata: list[dict[str, str]] = []
         self.lock = threading.Lock()
 
     def Export(self, request, context):  # type: ignore[no-untyped-def]
         with self.lock:
+            self.metadata.append(dict(context.invocation_metadata()))
             if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
                 self.trace_requests.append(request)
                 return trace_service_pb2.ExportTraceServiceResponse()

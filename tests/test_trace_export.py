@@ -109,6 +109,25 @@ def test_otel_log_records_keep_level_extra_exception_and_trace(
     assert "app.orders" in scopes, "the logger's name is the scope, as the SDK's handler does"
 
 
+def test_otlp_headers_reach_the_collector_with_spans_and_logs(
+    ptr: pytest.Pytester, otlp_receiver: tuple[OTLPReceiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_EXPORTER_OTLP_HEADERS`` (a tenant, a token) on every export of the span process."""
+    receiver, endpoint = otlp_receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    headers = "x-scope-orgid=team-a,authorization=Bearer%20t1"  # the spec's URL-encoded values
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", headers)
+    ptr.makepyfile(test_logging=LOGGING_SUITE)
+    ptr.runpytest_subprocess("--run-id", "headers-1").assert_outcomes(passed=2)
+    assert receiver.spans() and receiver.log_records()
+    with receiver.lock:
+        metadata = list(receiver.metadata)
+    assert len(metadata) >= 2
+    for call in metadata:
+        assert call.get("x-scope-orgid") == "team-a"
+        assert call.get("authorization") == "Bearer t1"
+
+
 class _OTLPHTTPHandler(BaseHTTPRequestHandler):
     requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
 
