@@ -218,8 +218,9 @@ class ProcessSink:
             token = self._flush_count
         if not self._send(("flush", token)):
             return True  # the fallback writes synchronously
-        with self._flushed:
-            return self._flushed.wait_for(lambda: self._acked >= token, timeout)
+        with self._flushed:  # a span process that dies answers nothing more: stop waiting
+            self._flushed.wait_for(lambda: self._acked >= token or self._done.is_set(), timeout)
+            return self._acked >= token
 
     def close_file(self, otlp_deadline: float) -> None:
         """Ask for the end; wait until ``traces.jsonl`` is complete (local work only)."""
@@ -267,6 +268,8 @@ class ProcessSink:
         stdout.close()  # a suite run with -W error must not see our ResourceWarning
         self._file_done.set()  # gone: nothing more will come
         self._done.set()
+        with self._flushed:
+            self._flushed.notify_all()
 
 
 # -- the span process -------------------------------------------------------------------
