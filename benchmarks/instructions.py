@@ -88,6 +88,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=int, default=300, help="number of trivial tests (300)")
     parser.add_argument("--peers", action="store_true", help="also pytest-opentelemetry, -otel")
+    parser.add_argument(
+        "--only", metavar="TEXT", help="only variants whose name contains TEXT (and their bare)"
+    )
     options = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -124,6 +127,8 @@ def main() -> int:
                     for v in peer_variants(peer_python, peer_env(env), receiver)
                     if v.runs is None and ("OTLP" in v.name or v.name == "peer venv: bare")
                 ]
+        if options.only:
+            variants = [v for v in variants if options.only in v.name or v.name == v.baseline]
         # Warm-up, not counted: bytecode goes to a temp PYTHONPYCACHEPREFIX, and
         # compiling it once would otherwise be counted as the N-test run's work.
         for variant in variants:
