@@ -120,6 +120,42 @@ def test_a_value_marshal_cannot_carry_is_written_as_its_text(ptr: pytest.Pyteste
     assert attributes["app.build"] == {"stringValue": "build 42"}
 
 
+SUBCLASS_VALUES_SUITE = """
+import enum, logging, time
+from http import HTTPStatus
+from opentelemetry import trace
+
+class Shade(str, enum.Enum):
+    DARK = "dark"
+
+def test_sets_enum_values():
+    span = trace.get_current_span()
+    span.set_attribute("http.response.status_code", HTTPStatus.OK)
+    span.set_attribute("app.shade", Shade.DARK)
+    logging.getLogger("app").warning("shaded", extra={"app.shade": Shade.DARK})
+    time.sleep(0.7)  # the spans thread hands a batch on while the run goes on
+
+def test_after():
+    pass
+"""
+
+
+def test_enum_and_other_subclass_values_are_sent_as_their_base_type(
+    ptr: pytest.Pytester,
+) -> None:
+    """marshal refuses IntEnum/StrEnum values; the SDK takes them: sent as int and str."""
+    ptr.makepyfile(test_values=SUBCLASS_VALUES_SUITE)
+    ptr.runpytest("-W", "error", "--run-id", "spanproc-4").assert_outcomes(passed=2)
+    (call,) = [
+        s
+        for s in read_spans(ptr.path / "logs" / "spanproc-4" / "traces.jsonl")
+        if s["name"] == "call" and any(a["key"] == "app.shade" for a in s.get("attributes", []))
+    ]
+    attributes = {a["key"]: a["value"] for a in call["attributes"]}
+    assert attributes["http.response.status_code"] == {"intValue": "200"}
+    assert attributes["app.shade"] == {"stringValue": "dark"}
+
+
 def test_without_a_span_process_spans_are_written_in_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -63,7 +63,7 @@ class LogForwarder(logging.Handler):
                 record.levelname,
                 message,
                 record.created,
-                plain_attributes(extra),
+                plain_attributes(extra, maps=True),
                 exception,
                 context.trace_id,
                 context.span_id,

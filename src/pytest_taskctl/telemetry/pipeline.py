@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,12 @@ log = logging.getLogger("pytest_taskctl.plugin")
 FILE_SCHEDULE = 0.5
 
 
-def start_sink(path: Path | None, otlp: SignalExport | None) -> ProcessSink | SpanWriter:
+def start_sink(
+    path: Path | None, otlp: SignalExport | None, environ: Mapping[str, str] | None = None
+) -> ProcessSink | SpanWriter:
     """The span process, or this process's own writer when it cannot be started."""
     try:
-        return ProcessSink.start(path, otlp)
+        return ProcessSink.start(path, otlp, os.environ if environ is None else environ)
     except OSError as exc:
         log.warning("span process not started (%s); encoding spans in pytest's process", exc)
         return SpanWriter(path, otlp.make_encoded_span_exporter if otlp is not None else None)
@@ -54,6 +58,9 @@ class SpanPipeline(SpanProcessor):
         self._recorder = Recorder()
         self._path = path
         self._otlp = otlp
+        #: The environment as the session started, for a span process started later.
+        self._environ = dict(os.environ)
+        self._logs_closed = False
         #: Started with the first spans that leave while the run goes on: a run shorter
         #: than FILE_SCHEDULE (pytester's, a quick rerun) writes its few spans at its end,
         #: here, without a second interpreter. With OTLP at once: gRPC imports while
@@ -79,18 +86,21 @@ class SpanPipeline(SpanProcessor):
         """Send OTel log records (:meth:`on_log`) over OTLP too, from the span process."""
         with self._lock:
             if self._sink is None:  # at once: the exporter imports while pytest collects
-                self._sink = start_sink(self._path, self._otlp)
+                self._sink = start_sink(self._path, self._otlp, self._environ)
             self._sink.start_logs(
                 (plain_attributes(resource.attributes), resource.schema_url or ""), otlp
             )
 
     def on_log(self, entry: tuple[Any, ...]) -> None:
-        if not self._stopped.is_set():  # after the last drain there is no one to send it
+        if not self._logs_closed:  # after the last drain there is no one to send it
             self._logs.append(entry)
 
     def _run(self) -> None:
         while not self._stopped.wait(FILE_SCHEDULE):
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # telemetry never takes a test down: the next drain tries again
+                log.warning("spans not handed on; trying again", exc_info=True)
 
     def _drain(self, final: bool = False) -> None:
         with self._lock:
@@ -100,7 +110,11 @@ class SpanPipeline(SpanProcessor):
             spans = self._spans
             if self._sink is None and (spans or final):
                 # The last drain of a short run: its spans are written here, at once.
-                self._sink = SpanWriter(self._path, None) if final else start_sink(self._path, None)
+                self._sink = (
+                    SpanWriter(self._path, None)
+                    if final
+                    else start_sink(self._path, None, self._environ)
+                )
             if not spans:
                 return
             assert self._sink is not None
@@ -119,8 +133,13 @@ class SpanPipeline(SpanProcessor):
             return  # once: the SDK's provider may call it again at exit
         self._stopped.set()
         self._thread.join()
-        self._drain(final=True)
-        assert self._sink is not None
+        try:
+            self._drain(final=True)
+        except Exception:
+            log.warning("spans of the run's end not written", exc_info=True)
+        self._logs_closed = True
+        if self._sink is None:
+            self._sink = SpanWriter(self._path, None)
         self._sink.close_file(otlp_deadline)
 
     def close_sender(self, deadline: float) -> bool:

@@ -53,12 +53,12 @@ log = logging.getLogger("pytest_taskctl.plugin")
 
 _LENGTH = struct.Struct("<I")
 #: How long pytest waits for the file to be complete at the end (local work only).
-FILE_DEADLINE = 10.0
+FILE_DEADLINE = 5.0
 #: Pipe buffer asked of the kernel: a slow moment of this process must not block pytest's.
 PIPE_SIZE = 1 << 20
 #: A span process that takes nothing from a full pipe for this long is wedged: it is
 #: killed and pytest's process does the work (telemetry fails open, it never hangs a run).
-WRITE_DEADLINE = 5.0
+WRITE_DEADLINE = 2.0
 
 
 def write_frame(stream: IO[bytes], message: tuple[Any, ...]) -> None:
@@ -116,19 +116,28 @@ class ProcessSink:
         self._fallback_args: tuple[Path | None, SignalExport | None] = (None, None)
         self._resources: dict[int, Sequence[Any]] = {}
         self._logs_start: tuple[Sequence[Any], SignalExport] | None = None
+        self._closed = False
         self._reader = threading.Thread(
             target=self._read, args=(process.stdout,), name="taskctl-span-replies", daemon=True
         )
         self._reader.start()
 
     @classmethod
-    def start(cls, path: Path | None, otlp: SignalExport | None) -> ProcessSink:
-        """Start the span process; ``OSError`` when it cannot be started."""
+    def start(
+        cls, path: Path | None, otlp: SignalExport | None, environ: Mapping[str, str]
+    ) -> ProcessSink:
+        """Start the span process; ``OSError`` when it cannot be started.
+
+        ``environ``: the environment as the session started (a test that
+        monkeypatches ``os.environ`` must not decide the span process's).
+        """
         package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
+        env = dict(environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        # -P (3.11+): the working directory's modules must not shadow what it imports.
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
         process = subprocess.Popen(
-            [sys.executable, "-m", "pytest_taskctl.telemetry.span_process"],
+            [sys.executable, *safe_path, "-m", "pytest_taskctl.telemetry.span_process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -149,21 +158,26 @@ class ProcessSink:
     # -- pytest's side ------------------------------------------------------------
 
     def _send(self, message: tuple[Any, ...]) -> bool:
-        """False when the span process is gone (its records then stay here)."""
+        """False when the span process is gone (the caller then writes here)."""
         try:
             payload = marshal.dumps(message)
         except ValueError:  # an attribute value marshal cannot carry
             if message[0] != "spans":
-                raise
+                log.warning("telemetry message %r dropped: a value cannot be sent", message[0])
+                return True
             payload = marshal.dumps((message[0], message[1], _plain_records(message[2])))
         with self._lock:
             if self._fallback is not None:
                 return False
+            if self._closed:
+                return True  # the run is over: nothing more leaves
             try:
                 self._write_all(_LENGTH.pack(len(payload)) + payload)
                 return True
             except (OSError, ValueError):  # BrokenPipeError, TimeoutError; ValueError: closed
                 self._process.kill()  # wedged or gone: its output ends, its reader too
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(1.0)  # no half-written line under the fallback's
                 self._start_fallback()
                 return False
 
@@ -178,7 +192,7 @@ class ProcessSink:
             except BlockingIOError:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError("span process took nothing for 5 s") from None
+                    raise TimeoutError("the span process took nothing") from None
                 select.select([], [fd], [], remaining)
 
     def _start_fallback(self) -> None:
@@ -224,7 +238,11 @@ class ProcessSink:
 
     def close_file(self, otlp_deadline: float) -> None:
         """Ask for the end; wait until ``traces.jsonl`` is complete (local work only)."""
-        if self._send(("end", otlp_deadline)):
+        if self._closed:
+            return
+        sent = self._send(("end", otlp_deadline))
+        self._closed = True
+        if sent:
             with contextlib.suppress(OSError):
                 self._stdin.close()
             if not self._file_done.wait(FILE_DEADLINE):
@@ -249,27 +267,31 @@ class ProcessSink:
 
     def _read(self, stdout: IO[bytes]) -> None:
         """The span process's replies (a thread that sleeps in ``read``)."""
-        while (message := read_frame(stdout)) is not None:
-            kind = message[0]
-            if kind == "flushed":
-                with self._flushed:
-                    self._acked = max(self._acked, message[1])
-                    self._flushed.notify_all()
-            elif kind == "file_done":
-                self._file_done.set()
-            elif kind == "done":
-                self.dropped += message[1]
-                self._finished = bool(message[2])
-                self._done.set()
-            elif kind == "log":
-                logging.getLogger(message[2]).log(
-                    message[1], "%s", message[3], extra={FROM_SPAN_PROCESS: True}
-                )
-        stdout.close()  # a suite run with -W error must not see our ResourceWarning
-        self._file_done.set()  # gone: nothing more will come
-        self._done.set()
-        with self._flushed:
-            self._flushed.notify_all()
+        try:
+            while (message := read_frame(stdout)) is not None:
+                kind = message[0]
+                if kind == "flushed":
+                    with self._flushed:
+                        self._acked = max(self._acked, message[1])
+                        self._flushed.notify_all()
+                elif kind == "file_done":
+                    self._file_done.set()
+                elif kind == "done":
+                    self.dropped += message[1]
+                    self._finished = bool(message[2])
+                    self._done.set()
+                elif kind == "log":
+                    logging.getLogger(message[2]).log(
+                        message[1], "%s", message[3], extra={FROM_SPAN_PROCESS: True}
+                    )
+        except Exception:  # garbled output: the process is as good as gone
+            log.warning("unreadable answer from the span process", exc_info=True)
+        finally:
+            stdout.close()  # a suite run with -W error must not see our ResourceWarning
+            self._file_done.set()  # gone: nothing more will come
+            self._done.set()
+            with self._flushed:
+                self._flushed.notify_all()
 
 
 # -- the span process -------------------------------------------------------------------
@@ -288,7 +310,11 @@ class _ReplyLogs(logging.Handler):
 
 
 def main() -> int:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = sys.stdin.buffer
+    # The answers get a descriptor of their own; fd 1 becomes stderr, so a stray
+    # print (an exporter's, a warning's) cannot garble the frames pytest reads.
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     reply_lock = threading.Lock()
 
     def reply(message: tuple[Any, ...]) -> None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-#: Attribute value types marshal carries as they are (bool is an int).
-_PLAIN = (str, int, float)
+#: Attribute value types marshal carries as they are (exact types: subclasses are not).
+_EXACT = frozenset({str, int, float, bool, type(None)})
 
 
 class SpanRecord(NamedTuple):
@@ -46,24 +46,39 @@ class ResourceRecord(NamedTuple):
     schema_url: str
 
 
-def plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Attributes that marshal can carry: sequences as tuples, anything else as ``str``.
+def _plain(value: Any, maps: bool) -> Any:
+    """``value`` as marshal carries it; subclasses (``IntEnum``, ``StrEnum``, numpy's
+    float64) become their base type, which is also what OTLP encodes them as."""
+    kind = type(value)
+    if kind in _EXACT:
+        return value
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v, maps) for v in value)
+    if maps and isinstance(value, bytes):
+        return bytes(value)
+    if maps and isinstance(value, Mapping):
+        return {str(k): _plain(v, maps) for k, v in value.items()}
+    return str(value)
 
-    The SDK already checked its spans' values; light spans take what the
-    suite's code sets, so an object there becomes its ``str``, as the
-    encoder would have made it anyway.
+
+def plain_attributes(attributes: Mapping[str, Any] | None, maps: bool = False) -> dict[str, Any]:
+    """Attributes that marshal can carry; anything else becomes its ``str``.
+
+    The SDK already checked its spans' values; light spans and log records
+    take what the suite's code sets. ``maps``: keep mappings and bytes (log
+    record attributes may be any OTel ``AnyValue``; span attributes may not).
     """
     if not attributes:
         return {}
-    out: dict[str, Any] = {}
-    for key, value in attributes.items():
-        if isinstance(value, _PLAIN) or value is None:
-            out[str(key)] = value
-        elif isinstance(value, (list, tuple)):
-            out[str(key)] = tuple(v if isinstance(v, _PLAIN) else str(v) for v in value)
-        else:
-            out[str(key)] = str(value)
-    return out
+    return {str(key): _plain(value, maps) for key, value in attributes.items()}
 
 
 class Recorder:

@@ -97,6 +97,14 @@ class OtlpSender:
         return finished
 
 
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as file:
+        if file.seek(0, 2) == 0:
+            return False
+        file.seek(-1, 2)
+        return file.read(1) != b"\n"
+
+
 class SpanWriter:
     """Encodes records and writes them to ``traces.jsonl`` and an :class:`OtlpSender`."""
 
@@ -105,6 +113,8 @@ class SpanWriter:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close_file
+            if _ends_mid_line(path):  # a span process killed while it wrote: a line of our own
+                self._file.write("\n")
         self._sender = OtlpSender(make_exporter) if make_exporter is not None else None
         self._logs: LogExport | None = None
         self._resources: dict[int, ResourceRecord] = {}
