@@ -31,6 +31,7 @@ process logs as its own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import marshal
 import os
@@ -61,9 +62,13 @@ PIPE_SIZE = 1 << 20
 WRITE_DEADLINE = 2.0
 
 
+def frame(payload: bytes) -> bytes:
+    """A frame: the payload's length, then the payload."""
+    return _LENGTH.pack(len(payload)) + payload
+
+
 def write_frame(stream: IO[bytes], message: tuple[Any, ...]) -> None:
-    payload = marshal.dumps(message)
-    stream.write(_LENGTH.pack(len(payload)) + payload)
+    stream.write(frame(marshal.dumps(message)))
     stream.flush()
 
 
@@ -89,11 +94,6 @@ def _plain_records(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         fields[10] = [(n, plain_attributes(a), t) for n, a, t in record[10]]
         out.append(tuple(fields))
     return out
-
-
-def _fields(otlp: SignalExport) -> tuple[Any, ...]:
-    """A signal's OTLP settings as the wire carries them (``SignalExport(*fields)``)."""
-    return (otlp.signal, otlp.otlp, otlp.protocol, otlp.endpoint, otlp.timeout, otlp.compression)
 
 
 class ProcessSink:
@@ -151,7 +151,7 @@ class ProcessSink:
         os.set_blocking(process.stdin.fileno(), False)  # writes wait at most WRITE_DEADLINE
         sink = cls(process)
         sink._fallback_args = (path, otlp)
-        otlp_fields = _fields(otlp) if otlp is not None else None
+        otlp_fields = dataclasses.astuple(otlp) if otlp is not None else None
         sink._send(("start", str(path) if path is not None else None, otlp_fields))
         return sink
 
@@ -172,7 +172,7 @@ class ProcessSink:
             if self._closed:
                 return True  # the run is over: nothing more leaves
             try:
-                self._write_all(_LENGTH.pack(len(payload)) + payload)
+                self._write_all(frame(payload))
                 return True
             except (OSError, ValueError):  # BrokenPipeError, TimeoutError; ValueError: closed
                 self._process.kill()  # wedged or gone: its output ends, its reader too
@@ -208,7 +208,7 @@ class ProcessSink:
 
     def start_logs(self, resource: Sequence[Any], otlp: SignalExport) -> None:
         self._logs_start = (resource, otlp)
-        if not self._send(("logs_start", tuple(resource), _fields(otlp))):
+        if not self._send(("logs_start", tuple(resource), dataclasses.astuple(otlp))):
             assert self._fallback is not None
             self._fallback.start_logs(resource, otlp)
 
