@@ -149,13 +149,27 @@ def test_phase_spans_lie_within_their_test_and_one_ended_by_pytest_exit_is_kept(
     assert result.ret == pytest.ExitCode.INTERRUPTED
     trace = Trace(read_spans(ptr.path / "logs" / "exit-1" / "traces.jsonl"))
     done = next(s for s in trace.spans if s["name"] == "test_exit.py::test_done")
-    for phase in trace.children(done):
-        assert int(done["startTimeUnixNano"]) <= int(phase["startTimeUnixNano"])
-        assert int(phase["endTimeUnixNano"]) <= int(done["endTimeUnixNano"])
+    phases = trace.children(done)
+    assert [s["name"] for s in phases] == ["setup", "call", "teardown"]
+    ends = [int(done["startTimeUnixNano"])]
+    for phase in phases:  # one after the other, each within the test
+        assert ends[-1] <= int(phase["startTimeUnixNano"]) <= int(phase["endTimeUnixNano"])
+        ends.append(int(phase["endTimeUnixNano"]))
+    assert ends[-1] <= int(done["endTimeUnixNano"])
     stopped = next(s for s in trace.spans if s["name"] == "test_exit.py::test_stops_the_run")
     assert [s["name"] for s in trace.children(stopped)] == ["setup", "call"]
     assert attributes(stopped)["pytest.outcome"] == "error", "its setup passed, but not the test"
     assert is_error(stopped) and stopped["status"]["message"] == "call: interrupted"
+
+
+def test_a_phase_that_does_not_run_has_no_span(ptr: pytest.Pytester) -> None:
+    """``--setup-only`` runs no call: setup and teardown spans only, named by their reports."""
+    ptr.makepyfile(test_only="def test_a():\n    pass\n")
+    result = ptr.runpytest("--run-id", "only-1", "--setup-only")
+    assert result.ret == pytest.ExitCode.OK
+    trace = Trace(read_spans(ptr.path / "logs" / "only-1" / "traces.jsonl"))
+    test = next(s for s in trace.spans if s["name"] == "test_only.py::test_a")
+    assert [s["name"] for s in trace.children(test)] == ["setup", "teardown"]
 
 
 def test_phases_detail_has_no_fixture_spans(ptr: pytest.Pytester) -> None:

@@ -165,6 +165,11 @@ class RunControl:
                 self._refresh_status()
         self.publish_progress()
 
+    def counted(self) -> dict[str, int]:
+        """How many tests passed, failed and were skipped so far (a copy)."""
+        with self._lock:
+            return dict(self.counts)
+
     def progress(self) -> dict[str, Any]:
         with self._lock:
             done = sum(self.counts.values())

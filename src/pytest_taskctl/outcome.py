@@ -18,6 +18,9 @@ RESULT_STATUS = {
     "xfailed": "skip",
 }
 
+#: ``test.case.result.status`` -> the progress counter it adds to.
+_COUNTER = {"pass": "passed", "fail": "failed", "skip": "skipped"}
+
 
 @dataclass
 class TestOutcome:
@@ -56,7 +59,7 @@ class TestOutcome:
     @property
     def counter(self) -> str:
         """Which progress counter this outcome adds to: passed, failed or skipped."""
-        return {"pass": "passed", "fail": "failed", "skip": "skipped"}[self.status]
+        return _COUNTER[RESULT_STATUS[self.word]]
 
 
 def _short_message(report: pytest.TestReport) -> str:

@@ -23,7 +23,11 @@ from .terminal import header_lines, summary_lines, terminal_line
 
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[tuple[object, object]]()
-CANCELLED_KEY = pytest.StashKey[bool]()
+#: Added to a test the run's cancel flag skips: pytest's skipping plugin raises it in
+#: setup, so no setup hook of ours runs for every test. ``skipif``, not ``skip``: the
+#: short summary keeps one ``SKIPPED [1] file.py:LINE: ...`` line per test, as pytest
+#: shows a skip raised in setup (it folds ``skip`` marks into one line per file).
+CANCELLED = pytest.mark.skipif(True, reason=CANCEL_REASON)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -143,11 +147,15 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     if run is None:
         return (yield)
     # The gate comes before the span: a pause is not part of the test's time.
-    item.stash[CANCELLED_KEY] = not run.control.gate(item.nodeid)
+    if not run.control.gate(item.nodeid):
+        item.add_marker(CANCELLED)
     assert run.tracer is not None
     span, token = run.tracer.start_test(item.nodeid, run.test_attributes(item))
     item.stash[SPAN_KEY] = (span, token)
     try:
+        run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid)
+        for observe in run.start_observers:  # the setup span
+            observe(item)
         return (yield)
     finally:
         if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
@@ -156,15 +164,6 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
             if outcome is None or outcome.word not in ("failed", "error"):
                 outcome = TestOutcome.interrupted()
             run.tracer.end_test(span, token, outcome)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.stash.get(CANCELLED_KEY, False):
-        raise pytest.skip.Exception(CANCEL_REASON, _use_item_location=True)
-    run = _run(item.config)
-    if run is not None:
-        run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid)
 
 
 @pytest.hookimpl(wrapper=True)

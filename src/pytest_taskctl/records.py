@@ -1,4 +1,4 @@
-"""Decoding the JSON records kept in etcd and in ``results.jsonl``.
+"""Encoding and decoding the JSON records kept in etcd and in ``results.jsonl``.
 
 Anything may sit in a key (a person with ``etcdctl``, an older version, a
 torn write), so readers never raise on a bad value: they get ``None``.
@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+#: ``json.dumps(value, ensure_ascii=False)`` without building an encoder on every call
+#: (``dumps`` reuses its own only with the default arguments): one per finished test.
+encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def json_object(raw: bytes | str | None) -> dict[str, Any] | None:

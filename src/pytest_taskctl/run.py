@@ -76,6 +76,9 @@ class TaskRun:
         #: Called with ``(item, call, report)`` for each phase report, from the plugin's
         #: one ``pytest_runtest_makereport`` wrapper: a pluggy wrapper per feature
         #: cost more per test than the features' work.
+        #: Called with the item once its test's span is current, before its setup (the
+        #: ``setup`` span opens there), from the plugin's protocol wrapper.
+        self.start_observers: list[Callable[[pytest.Item], None]] = []
         self.report_observers: list[
             Callable[[pytest.Item, pytest.CallInfo[None], pytest.TestReport], None]
         ] = []

@@ -5,12 +5,15 @@ the phase spans do the first, their ``exception`` events the second. Each
 phase span is current while its phase runs, so fixture spans, log events and
 HTTP client spans of that phase land under it.
 
-A phase span is started by a plain ``tryfirst`` hook of the phase and ended
-by the report of that phase (:meth:`PhaseSpans.phase_reported`), at the time
-the phase returned (``CallInfo.stop``): only the report knows whether the
-phase failed (an ``xfail`` raises but does not fail) and carries its
-exception. Plain hooks rather than wrappers: three generator wrappers per
-test cost more than the spans themselves.
+Each phase span opens as the previous phase is reported -- ``setup`` when the
+test's span starts (:meth:`PhaseSpans.test_started`), the next one from the
+report of the one before (:meth:`PhaseSpans.phase_reported`) -- and takes its
+final name and start from the report of its own phase (``report.when``,
+``CallInfo.start``/``stop``): only the report knows which phase ran, whether
+it failed (an ``xfail`` raises but does not fail) and its exception. Both
+are called from the plugin's own protocol and report wrappers, so a phase
+costs no hook call of its own: three more hook implementations a test cost
+more than the spans themselves.
 
 Registered by the plugin only when ``--taskctl-span-detail`` asks for it, and
 :class:`FixtureSpans` (a ``pytest_fixture_setup`` wrapper) only for
@@ -29,6 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .events import is_failure, record_failure
+from .spans import settle
 
 #: The run's ``child_span(name, attributes)`` once the session started, else None.
 SpanSource = Callable[[], "Callable[[str, dict[str, Any] | None], trace.Span] | None"]
@@ -44,37 +48,37 @@ class PhaseSpans:
         #: its report; what is left at an interrupt is ended there.
         self._open: dict[int, tuple[trace.Span, Token[otel_context.Context]]] = {}
 
-    def _start(self, name: str) -> None:
+    def _open_phase(self, name: str) -> None:
         child_span = self._spans_of()
         if child_span is not None:
             span = child_span(name, None)  # parent: the test's span, current here
             token = otel_context.attach(trace.set_span_in_context(span))
             self._open[threading.get_ident()] = (span, token)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self) -> None:
-        self._start("setup")
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_call(self) -> None:
-        self._start("call")
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_teardown(self) -> None:
-        self._start("teardown")
+    def test_started(self, item: pytest.Item) -> None:
+        """The test's span is current: open its ``setup`` span (a start observer of the run)."""
+        self._open_phase("setup")
 
     def phase_reported(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
     ) -> None:
-        """End the phase's span (a report observer of the run, see ``TaskRun``)."""
+        """End the reported phase's span and open the next one (a report observer of the run).
+
+        After ``setup`` comes ``call`` unless setup did not pass; a phase that does
+        not run after all (``--setup-only``) is renamed by the report that comes.
+        """
+        when = report.when
         pending = self._open.pop(threading.get_ident(), None)
         if pending is not None:
             span, token = pending
             otel_context.detach(token)
+            settle(span, when, int(call.start * 1e9))
             end_time = int(call.stop * 1e9)
             if report.failed and call.excinfo is not None:
                 record_failure(span, call.excinfo.value, end_time)
             span.end(end_time=end_time)
+        if when != "teardown":
+            self._open_phase("call" if when == "setup" and report.passed else "teardown")
 
     def pytest_keyboard_interrupt(self) -> None:
         """Ctrl-C or ``pytest.exit`` in a phase: no report comes, the span ends here."""

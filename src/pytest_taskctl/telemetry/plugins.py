@@ -25,6 +25,9 @@ class Telemetry(Protocol):
     def tracer_provider(self) -> Any: ...
 
     @property
+    def start_observers(self) -> list[Any]: ...
+
+    @property
     def report_observers(self) -> list[Any]: ...
 
 
@@ -35,6 +38,7 @@ def register(
     if settings.span_detail in ("phases", "fixtures"):
         phases = PhaseSpans(run.span_source)
         pluginmanager.register(phases, "taskctl-phase-spans")
+        run.start_observers.append(phases.test_started)
         run.report_observers.append(phases.phase_reported)
     if settings.span_detail == "fixtures":
         pluginmanager.register(FixtureSpans(run.span_source), "taskctl-fixture-spans")

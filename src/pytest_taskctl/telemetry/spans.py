@@ -120,6 +120,17 @@ class LightSpan(trace.Span):
             self._sink(self)
 
 
+def settle(span: trace.Span, name: str, start_time: int) -> None:
+    """Give a span opened ahead of its work its final name and start (ns since the epoch).
+
+    A phase span is opened before pytest says which phase comes next
+    (:mod:`.detail`); until it ends it is only a record, so both can change.
+    """
+    if type(span) is LightSpan:
+        span.name = name
+        span.start_time = start_time
+
+
 class LightTracer:
     """Starts :class:`LightSpan` s with the run's ids, resource, sampler and pipeline."""
 

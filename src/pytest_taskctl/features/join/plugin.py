@@ -8,7 +8,6 @@ process of one attempt deselects the same tests and collects the same plan.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from ...etcd.gateway import prefix_end
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
 from ...process import process_identity
-from ...records import json_object
+from ...records import encode_json, json_object
 from ..resume import passed_identities, result_record
 from .claims import Claim, tear_down_for
 from .ending import end_run
@@ -283,7 +282,7 @@ class JoinPlugin:
         self.queue.ack(
             claim,
             self.keys.run.result(nodeid),
-            json.dumps(record, ensure_ascii=False),
+            encode_json(record),
             lambda: self._discard(nodeid, outcome.counter),
         )
 
@@ -303,7 +302,7 @@ class JoinPlugin:
             f"taskctl: --join: the processes running this test died {deaths} times "
             "(crash, SIGKILL, lost machine); not handed out again"
         )
-        return self.keys.run.result(nodeid), json.dumps(record, ensure_ascii=False)
+        return self.keys.run.result(nodeid), encode_json(record)
 
     def _given_up(self, index: int, deaths: int) -> None:
         nodeid = self.items[index].nodeid

@@ -11,7 +11,6 @@ the latest result -- the highest attempt number, then the latest end time
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,7 +20,7 @@ from typing import IO, Any
 
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
-from ...records import json_object
+from ...records import encode_json, json_object
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -134,7 +133,7 @@ class LocalRecord:
         self.append([{"type": "attempt", "attempt": attempt, "started": round(time.time(), 3)}])
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
-        self.append_line("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        self.append_line("".join(encode_json(r) + "\n" for r in records))
 
     def append_line(self, text: str) -> None:
         """Append ``text`` (one or more JSON lines; a missing final newline is added)."""

@@ -15,7 +15,6 @@ the previous attempt's meta.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -29,6 +28,7 @@ import pytest
 from ...etcd.gateway import delete_op, prefix_end
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
+from ...records import encode_json
 from .history import (
     RESULTS_FILE,
     LocalRecord,
@@ -79,8 +79,7 @@ class ResumePlugin:
         self.deselected = 0
         self.to_run = 0
         self.nothing_left = False
-        self.counts = {"passed": 0, "failed": 0, "skipped": 0}
-        self._lock = threading.Lock()  # counts, to_run, the entry: tests end on several threads
+        self._lock = threading.Lock()  # to_run and the entry: tests end on several threads
         #: Earlier attempts (from the previous meta, --resume) and this attempt's entry,
         #: which is replaced, never mutated: the publisher may be serializing it.
         self._earlier_attempts: list[dict[str, Any]] = []
@@ -125,7 +124,7 @@ class ResumePlugin:
             "pid": os.getpid(),
             "resume": self.resume,
             "status": "RUNNING",
-            "counts": dict(self.counts),
+            "counts": self.run.control.counted(),
         }
         if self.source == "etcd" and previous_meta is not None:
             self._earlier_attempts = closed_attempts(previous_meta, run.previous_status)
@@ -206,7 +205,7 @@ class ResumePlugin:
             first = not self.to_run
             self.to_run = len(ids)
             if self._entry is not None:
-                self._update_attempt(left=self.to_run - self.counts["passed"], to_run=self.to_run)
+                self._update_attempt(left=self.to_run - self._passed_now(), to_run=self.to_run)
         if self.resume and first:  # the workers deselected: say what they kept, once
             passed = len(self._passed or ())
             self.run.notify(f"resume: {passed} passed in earlier attempts, {len(ids)} to run")
@@ -245,33 +244,33 @@ class ResumePlugin:
     # -- results -----------------------------------------------------------------------
 
     def pytest_taskctl_test_finished(self, run: TaskRun, nodeid: str, outcome: TestOutcome) -> None:
-        """Count the test and queue its result: in etcd and in the local record.
+        """Queue the test's result: in etcd and in the local record.
 
-        The attempt's entry in the meta is made from the counts when the meta
-        record is written (:meth:`_progress_fields`), not here on every test.
+        The run's control has counted it; the attempt's entry in the meta is made
+        from those counts when the meta record is written (:meth:`_progress_fields`),
+        not here on every test.
         """
-        if not self.records:
-            return
-        with self._lock:
-            self.counts[outcome.counter] += 1
-        run.control.publish_progress()
-        if self.recording and not run.lost_ownership:
+        if self.records and self.recording and not run.lost_ownership:
             # The writer's next transaction (within tens of milliseconds) makes it durable
             # in etcd; the local record is appended here, one short write per test.
-            record = json.dumps(result_record(nodeid, outcome, self.attempt), ensure_ascii=False)
+            record = encode_json(result_record(nodeid, outcome, self.attempt))
             if run.writer is not None:
                 run.writer.put(self.keys.result(nodeid), record)
             self.local.append_line('{"type":"result",' + record[1:])
 
+    def _passed_now(self) -> int:
+        return self.run.control.counted()["passed"]
+
     def _progress_fields(self) -> dict[str, Any]:
         """This attempt's counts and what is left, for the meta record (writer's thread)."""
+        counts = self.run.control.counted()
         with self._lock:
             if self._entry is None:
                 return {}
-            self._entry = {**self._entry, "counts": dict(self.counts)}
+            self._entry = {**self._entry, "counts": counts}
             fields: dict[str, Any] = {"attempts": [*self._earlier_attempts, self._entry]}
             if self.to_run:
-                fields["left"] = self.to_run - self.counts["passed"]
+                fields["left"] = self.to_run - counts["passed"]
             return fields
 
     def _update_attempt(self, left: int | None = None, **fields: Any) -> None:
@@ -317,7 +316,7 @@ class ResumePlugin:
             return
         if not self.records or not self.to_run:
             return
-        left = self.to_run - self.counts["passed"]
+        left = self.to_run - self._passed_now()
         if left <= 0:
             if self.resume:
                 terminalreporter.write_line(
