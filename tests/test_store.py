@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 
@@ -14,9 +15,25 @@ from pytest_taskctl.etcd.lease import Lease
 from pytest_taskctl.etcd.store import RunDied, RunEnded, UnknownRun
 from pytest_taskctl.etcd.watch import WatchedRange
 from pytest_taskctl.etcd.writer import KeyWriter
-from pytest_taskctl.keys import InvalidRunId, flag_is_true
+from pytest_taskctl.keys import InvalidRunId, decode_nodeid, encode_nodeid, flag_is_true
 
 from .conftest import Etcdctl, wait_for
+
+NODEIDS = [
+    "tests/test_api.py::TestUsers::test_get[user-1]",
+    "t.py::test[a/b c%d?e#f&g=h+i~j_k.l-m]",
+    "t.py::test[\x00\x1f\x7f\"'\\]",
+    "t.py::test[é 中文 \U0001f600]",
+    "",
+]
+
+
+@pytest.mark.parametrize("nodeid", NODEIDS)
+def test_result_key_segment_is_the_quoted_node_id(nodeid: str) -> None:
+    """The ASCII fast path keys results exactly as ``quote`` did: earlier runs stay readable."""
+    segment = encode_nodeid(nodeid)
+    assert segment == quote(nodeid, safe="")
+    assert "/" not in segment and decode_nodeid(segment) == nodeid
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes", "paused by ops"])

@@ -68,8 +68,16 @@ def normalize_prefix(prefix: str) -> str:
     return prefix if prefix != "/" else ""
 
 
+#: ``quote(c, safe="")`` of every ASCII character, for ``str.translate``: the common
+#: node id is ASCII, and ``quote`` walks it byte by byte in Python (once a test).
+_QUOTED_ASCII = {code: quote(chr(code), safe="") for code in range(128)}
+
+
 def encode_nodeid(nodeid: str) -> str:
-    """Make a node id safe as one key segment (``/``, ``::``, ``[``, unicode...)."""
+    """Make a node id safe as one key segment (``/``, ``::``, ``[``, unicode...):
+    ``urllib.parse.quote(nodeid, safe="")``."""
+    if nodeid.isascii():
+        return nodeid.translate(_QUOTED_ASCII)
     return quote(nodeid, safe="")
 
 

@@ -19,10 +19,11 @@ from .outcome import TestOutcome
 from .run import TaskRun, argv_of
 from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
+from .telemetry.tracing import RunningTest
 from .terminal import header_lines, summary_lines, terminal_line
 
 RUN_KEY = pytest.StashKey[TaskRun]()
-SPAN_KEY = pytest.StashKey[tuple[object, object]]()
+SPAN_KEY = pytest.StashKey[RunningTest]()
 #: Added to a test the run's cancel flag skips: pytest's skipping plugin raises it in
 #: setup, so no setup hook of ours runs for every test. ``skipif``, not ``skip``: the
 #: short summary keeps one ``SKIPPED [1] file.py:LINE: ...`` line per test, as pytest
@@ -150,10 +151,9 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     if not run.control.gate(item.nodeid):
         item.add_marker(CANCELLED)
     assert run.tracer is not None
-    span, token = run.tracer.start_test(item.nodeid, run.test_attributes(item))
-    item.stash[SPAN_KEY] = (span, token)
+    test = item.stash[SPAN_KEY] = run.tracer.start_test(item.nodeid, run.test_attributes(item))
     try:
-        run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid)
+        run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid, traceid=test.traceid)
         for observe in run.start_observers:  # the setup span
             observe(item)
         return (yield)
@@ -163,7 +163,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
             outcome = run.outcomes.pop(item.nodeid, None)  # a failure before it is kept
             if outcome is None or outcome.word not in ("failed", "error"):
                 outcome = TestOutcome.interrupted()
-            run.tracer.end_test(span, token, outcome)
+            run.tracer.end_test(test, outcome)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -177,10 +177,10 @@ def pytest_runtest_makereport(
     for observe in run.report_observers:  # phase spans, trace links, pause on failure
         observe(item, call, report)
     outcome = run.record_report(report)
-    span_token = item.stash.get(SPAN_KEY, None)
-    if report.failed and call.excinfo is not None and span_token is not None and run.tracer:
-        run.tracer.phase_failed(span_token[0], call.excinfo.value, call.stop)  # type: ignore[arg-type]
-    if outcome is not None and span_token is not None and run.tracer is not None:
+    test = item.stash.get(SPAN_KEY, None)
+    if report.failed and call.excinfo is not None and test is not None and run.tracer:
+        run.tracer.phase_failed(test.span, call.excinfo.value, call.stop)
+    if outcome is not None and test is not None and run.tracer is not None:
         del item.stash[SPAN_KEY]
         run.runlog.line(
             logging.INFO,
@@ -188,8 +188,9 @@ def pytest_runtest_makereport(
             item.nodeid,
             outcome.word,
             outcome.duration,
+            traceid=test.traceid,
         )
-        run.tracer.end_test(*span_token, outcome)  # type: ignore[arg-type]
+        run.tracer.end_test(test, outcome)
     return report
 
 

@@ -23,6 +23,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .run import TaskRun
+    from .telemetry.tracing import RunningTest
 
 #: Name of the test report attribute that holds the test's trace id.
 REPORT_ATTRIBUTE = "taskctl_trace_id"
@@ -51,11 +52,11 @@ class TraceLinks:
     """Puts each test's trace id on its reports and lists failed tests' traces at the end.
 
     ``span_key`` is the item stash key under which the plugin keeps the
-    running test's ``(span, token)``; it is there from the start of the test's
-    protocol until its teardown report is made.
+    running test's :class:`~.telemetry.tracing.RunningTest`; it is there from
+    the start of the test's protocol until its teardown report is made.
     """
 
-    def __init__(self, run: TaskRun, span_key: pytest.StashKey[tuple[object, object]]) -> None:
+    def __init__(self, run: TaskRun, span_key: pytest.StashKey[RunningTest]) -> None:
         self.run = run
         self.template = run.settings.trace_url
         self.span_key = span_key
@@ -67,9 +68,9 @@ class TraceLinks:
     ) -> None:
         """A failed report carries its test's trace id (a report observer of the run)."""
         if report.failed:  # only failures are listed
-            span_token = item.stash.get(self.span_key, None)
-            if span_token is not None:
-                setattr(report, REPORT_ATTRIBUTE, _trace_id(span_token))
+            test = item.stash.get(self.span_key, None)
+            if test is not None:
+                setattr(report, REPORT_ATTRIBUTE, test.traceid)
             self.failed(report)
 
     def failed(self, report: pytest.TestReport) -> None:
@@ -111,11 +112,6 @@ class ControllerTraceLinks(TraceLinks):
             self.failed(report)
 
 
-def _trace_id(span_token: tuple[object, object]) -> str:
-    context = span_token[0].get_span_context()  # type: ignore[attr-defined]
-    return f"{context.trace_id:032x}"
-
-
 class JunitTraceIds:
     """``trace_id`` and ``trace_url`` properties on each JUnit ``<testcase>``.
 
@@ -125,17 +121,15 @@ class JunitTraceIds:
     ``user_properties`` into each report, which junitxml reads.
     """
 
-    def __init__(
-        self, template: str | None, span_key: pytest.StashKey[tuple[object, object]]
-    ) -> None:
+    def __init__(self, template: str | None, span_key: pytest.StashKey[RunningTest]) -> None:
         self.template = template
         self.span_key = span_key
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> None:
-        span_token = item.stash.get(self.span_key, None)
-        if span_token is not None:
-            self._record_properties(item, _trace_id(span_token))
+        test = item.stash.get(self.span_key, None)
+        if test is not None:
+            self._record_properties(item, test.traceid)
 
     def _record_properties(self, item: pytest.Item, trace_id: str) -> None:
         properties = [(TRACE_ID_PROPERTY, trace_id)]

@@ -20,8 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .gateway import (
     MAX_TXN_OPS,
@@ -52,8 +51,9 @@ class Fence(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Write:
+class _Write(NamedTuple):
+    """One queued write (a tuple: one is made for every finished test's result)."""
+
     value: bytes | Callable[[], str | bytes] | None  # None: delete the key
     lease: int = 0
     #: A lazy value is written at most this often (seconds); a flush writes it at once.
@@ -118,7 +118,7 @@ class KeyWriter:
         self._thread.start()
 
     def put(self, key: str, value: str | bytes, lease: int = 0) -> None:
-        self.put_many({key: value}, lease)
+        self._queue({key: _write(value, lease)})
 
     def put_many(self, values: Mapping[str, Value], lease: int = 0) -> None:
         """Queue several puts that go out together (a function value is made then)."""

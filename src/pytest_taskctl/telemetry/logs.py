@@ -179,10 +179,14 @@ class RunLog:
         for handler in self._handlers:
             root.addHandler(handler)
 
-    def line(self, level: int, msg: str, *args: object) -> None:
-        """Write one plugin line to ``pytest.log`` (not to pytest's capture, not to OTel)."""
+    def line(self, level: int, msg: str, *args: object, traceid: str | None = None) -> None:
+        """Write one plugin line to ``pytest.log`` (not to pytest's capture, not to OTel).
+
+        ``traceid``: the test's, when the caller has it (two lines a test), else the
+        current one's.
+        """
         if self._file is not None:
-            self._file.write_line(level, PLUGIN_LOGGER, get_traceid(), msg % args)
+            self._file.write_line(level, PLUGIN_LOGGER, traceid or get_traceid(), msg % args)
 
     def stop(self, deadline: float = EXPORT_DEADLINE) -> bool:
         """Detach and close the handlers, then flush the OTel logs within ``deadline``.

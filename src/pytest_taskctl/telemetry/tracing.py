@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -34,6 +34,15 @@ from .traceid import ID_GENERATOR, random_span_context
 
 #: Threads of our own: code on them belongs to the session, not to a test.
 PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")  # OtelBatch: the OTel logs processor
+
+
+class RunningTest(NamedTuple):
+    """A running test's span, the token that made it current, and its trace id as text."""
+
+    span: trace.Span
+    token: object
+    #: 32 lower-case hex digits, made once: ``pytest.log`` lines, reports, JUnit properties.
+    traceid: str
 
 
 def make_resource() -> Any:
@@ -170,8 +179,8 @@ class RunTracer:
 
     # -- tests ------------------------------------------------------------------
 
-    def start_test(self, nodeid: str, attributes: Mapping[str, Any]) -> tuple[trace.Span, object]:
-        """Start a test's span and make it current; returns ``(span, token)``."""
+    def start_test(self, nodeid: str, attributes: Mapping[str, Any]) -> RunningTest:
+        """Start a test's span and make it current."""
         session = self.session_context
         if self._light is None:
             trace_id = session.trace_id if not self.per_test_traces else None
@@ -182,12 +191,13 @@ class RunTracer:
             span = self._light.start_child(nodeid, session, dict(attributes))
         token = otel_context.attach(trace.set_span_in_context(span))
         self._running[threading.get_ident()] = span  # one dict op: atomic under the GIL
-        return span, token
+        return RunningTest(span, token, f"{span.get_span_context().trace_id:032x}")
 
-    def end_test(self, span: trace.Span, token: object, outcome: TestOutcome) -> None:
+    def end_test(self, test: RunningTest, outcome: TestOutcome) -> None:
+        span = test.span
         self._running.pop(threading.get_ident(), None)
         with contextlib.suppress(Exception):
-            otel_context.detach(token)  # type: ignore[arg-type]
+            otel_context.detach(test.token)  # type: ignore[arg-type]
         if span.is_recording():
             span.set_attributes(
                 {"test.case.result.status": outcome.status, "pytest.outcome": outcome.word}

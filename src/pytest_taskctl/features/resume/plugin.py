@@ -256,7 +256,7 @@ class ResumePlugin:
             record = encode_json(result_record(nodeid, outcome, self.attempt))
             if run.writer is not None:
                 run.writer.put(self.keys.result(nodeid), record)
-            self.local.append_line('{"type":"result",' + record[1:])
+            self.local.append_line('{"type":"result",' + record[1:] + "\n")
 
     def _passed_now(self) -> int:
         return self.run.control.counted()["passed"]
