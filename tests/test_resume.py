@@ -22,9 +22,38 @@ import pytest
 from pytest_taskctl import StateStore
 from pytest_taskctl.etcd.gateway import put_op
 from pytest_taskctl.etcd.server import EmbeddedEtcd
-from pytest_taskctl.keys import LONG_NODEID, RunKeys
+from pytest_taskctl.features.resume import result_json
+from pytest_taskctl.keys import LONG_NODEID, RunKeys, nodeid_identity
+from pytest_taskctl.outcome import TestOutcome
 
 from .conftest import INNER_INI, wait_for
+
+
+@pytest.mark.parametrize(
+    "nodeid",
+    [
+        "t.py::test_a",
+        't.py::test["quoted" \\ \n \x01]',
+        "t.py::test[é 中文 \U0001f600]",
+        "t.py::" + "x" * 600,
+    ],
+)
+@pytest.mark.parametrize("extra", [None, {"worker": "w-1"}, {"reason": "died 3 times"}])
+def test_result_record_text_is_what_json_makes_of_it(nodeid: str, extra: dict[str, str]) -> None:
+    """The hand-written record is the JSON text ``json.dumps`` made before: readers and files
+    of earlier versions see the same records."""
+    outcome = TestOutcome(word="failed", duration=0.1234567)
+    text = result_json(nodeid, outcome, 3, extra)
+    record = json.loads(text)
+    expected = {"nodeid": nodeid, "outcome": "failed", "status": "fail", "attempt": 3,
+                "duration": 0.123457, "ended": record["ended"]}  # fmt: skip
+    identity = nodeid_identity(nodeid)
+    if identity != nodeid:
+        expected["nodeid"] = nodeid[:200] + "..."
+        expected["sha256"] = identity.removeprefix("sha256:")
+    expected.update(extra or {})
+    assert text == json.dumps(expected, ensure_ascii=False)
+
 
 SUITE = """
 import os, time

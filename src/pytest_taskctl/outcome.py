@@ -26,6 +26,8 @@ _COUNTER = {"pass": "passed", "fail": "failed", "skip": "skipped"}
 class TestOutcome:
     """Accumulates the reports of one test; failures of any phase win."""
 
+    __test__ = False  # not a test class, wherever a test module imports it
+
     word: str = "passed"
     when: str = ""
     message: str = ""

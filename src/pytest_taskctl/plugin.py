@@ -155,7 +155,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     try:
         run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid, traceid=test.traceid)
         for observe in run.start_observers:  # the setup span
-            observe(item)
+            observe(item, test)
         return (yield)
     finally:
         if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)

@@ -32,7 +32,7 @@ from .status import end_status
 from .telemetry import traceid
 from .telemetry.export import EXPORT_DEADLINE
 from .telemetry.logs import RunLog
-from .telemetry.tracing import RunTracer
+from .telemetry.tracing import RunningTest, RunTracer
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -76,9 +76,9 @@ class TaskRun:
         #: Called with ``(item, call, report)`` for each phase report, from the plugin's
         #: one ``pytest_runtest_makereport`` wrapper: a pluggy wrapper per feature
         #: cost more per test than the features' work.
-        #: Called with the item once its test's span is current, before its setup (the
-        #: ``setup`` span opens there), from the plugin's protocol wrapper.
-        self.start_observers: list[Callable[[pytest.Item], None]] = []
+        #: Called with the item and its :class:`RunningTest` once the test's span started,
+        #: before its setup (the ``setup`` span opens there), from the plugin's protocol wrapper.
+        self.start_observers: list[Callable[[pytest.Item, RunningTest], None]] = []
         self.report_observers: list[
             Callable[[pytest.Item, pytest.CallInfo[None], pytest.TestReport], None]
         ] = []

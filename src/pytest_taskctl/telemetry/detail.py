@@ -25,17 +25,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator
 from contextvars import Token
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 from .events import is_failure, record_failure
 from .spans import settle
 
-#: The run's ``child_span(name, attributes)`` once the session started, else None.
-SpanSource = Callable[[], "Callable[[str, dict[str, Any] | None], trace.Span] | None"]
+if TYPE_CHECKING:
+    from .tracing import RunningTest
+
+#: The run's ``child_span(name, attributes, parent=None)`` once the session started, else None.
+SpanSource = Callable[[], "Callable[..., trace.Span] | None"]
 
 
 class PhaseSpans:
@@ -44,20 +48,20 @@ class PhaseSpans:
     def __init__(self, spans_of: SpanSource) -> None:
         #: Asked once per phase: the run's tracer exists only from session start.
         self._spans_of = spans_of
-        #: The running phase's span and context token, per thread (``--thread``), until
-        #: its report; what is left at an interrupt is ended there.
-        self._open: dict[int, tuple[trace.Span, Token[otel_context.Context]]] = {}
+        #: The running phase's span, context token and parent (the test's span), per
+        #: thread (``--thread``), until its report; what is left at an interrupt is ended there.
+        self._open: dict[int, tuple[trace.Span, Token[otel_context.Context], SpanContext]] = {}
 
-    def _open_phase(self, name: str) -> None:
+    def _open_phase(self, name: str, parent: SpanContext) -> None:
         child_span = self._spans_of()
         if child_span is not None:
-            span = child_span(name, None)  # parent: the test's span, current here
+            span = child_span(name, None, parent)
             token = otel_context.attach(trace.set_span_in_context(span))
-            self._open[threading.get_ident()] = (span, token)
+            self._open[threading.get_ident()] = (span, token, parent)
 
-    def test_started(self, item: pytest.Item) -> None:
-        """The test's span is current: open its ``setup`` span (a start observer of the run)."""
-        self._open_phase("setup")
+    def test_started(self, item: pytest.Item, test: RunningTest) -> None:
+        """The test's span has started: open its ``setup`` span (a start observer of the run)."""
+        self._open_phase("setup", test.span.get_span_context())
 
     def phase_reported(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
@@ -69,20 +73,21 @@ class PhaseSpans:
         """
         when = report.when
         pending = self._open.pop(threading.get_ident(), None)
-        if pending is not None:
-            span, token = pending
-            otel_context.detach(token)
-            settle(span, when, int(call.start * 1e9))
-            end_time = int(call.stop * 1e9)
-            if report.failed and call.excinfo is not None:
-                record_failure(span, call.excinfo.value, end_time)
-            span.end(end_time=end_time)
+        if pending is None:
+            return  # a phase run again without its test's protocol (a rerun plugin)
+        span, token, parent = pending
+        otel_context.detach(token)
+        settle(span, when, int(call.start * 1e9))
+        end_time = int(call.stop * 1e9)
+        if report.failed and call.excinfo is not None:
+            record_failure(span, call.excinfo.value, end_time)
+        span.end(end_time=end_time)
         if when != "teardown":
-            self._open_phase("call" if when == "setup" and report.passed else "teardown")
+            self._open_phase("call" if when == "setup" and report.passed else "teardown", parent)
 
     def pytest_keyboard_interrupt(self) -> None:
         """Ctrl-C or ``pytest.exit`` in a phase: no report comes, the span ends here."""
-        for span, _ in list(self._open.values()):
+        for span, _, _ in list(self._open.values()):
             span.end()
         self._open.clear()
 

@@ -13,11 +13,18 @@ by a small integer that :class:`Recorder` hands out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
+
+from opentelemetry.trace import SpanKind, StatusCode
 
 #: Attribute value types marshal carries as they are (exact types: subclasses are not).
 _EXACT = frozenset({str, int, float, bool, type(None)})
+#: The OTLP numbers of the API's enums (a dict lookup is cheaper than ``.value``).
+_KIND = {kind: kind.value for kind in SpanKind}
+_STATUS = {code: code.value for code in StatusCode}
+#: No events, no links: one shared empty tuple (marshal and the encoder take either).
+_EMPTY: tuple[()] = ()
 
 
 class SpanRecord(NamedTuple):
@@ -33,8 +40,8 @@ class SpanRecord(NamedTuple):
     start: int  # ns since the epoch
     end: int
     attributes: Mapping[str, Any]
-    events: list[tuple[str, Mapping[str, Any], int]]  # (name, attributes, time ns)
-    links: list[tuple[int, int, bool, Mapping[str, Any]]]  # (trace id, span id, remote, attrs)
+    events: Sequence[tuple[str, Mapping[str, Any], int]]  # (name, attributes, time ns)
+    links: Sequence[tuple[int, int, bool, Mapping[str, Any]]]  # (trace id, span id, remote, attrs)
     status_code: int  # UNSET 0, OK 1, ERROR 2: OTLP's numbers too
     status_message: str
     scope: tuple[str, str, str] | tuple[()]  # (name, version, schema url), () when none
@@ -82,13 +89,19 @@ def plain_attributes(attributes: Mapping[str, Any] | None, maps: bool = False) -
 
 
 class Recorder:
-    """Turns finished spans (SDK or light) into records; one per span pipeline."""
+    """Turns finished spans (SDK or light) into records; one per span pipeline.
+
+    Runs on the drain thread for every span (four or more a test), so what
+    repeats is looked up once: a scope's tuple, a resource's key, an enum's
+    number.
+    """
 
     def __init__(self) -> None:
         self._resource_keys: dict[int, int] = {}  # id(resource) -> key
         #: Resources not sent yet; the pipeline sends them with the next records.
         self.new_resources: dict[int, tuple[Any, ...]] = {}
         self._resources: list[Any] = []  # keep them alive: their id() is our key
+        self._scopes: dict[int, tuple[Any, tuple[str, ...]]] = {}  # id -> (scope, tuple)
 
     def _resource_key(self, resource: Any) -> int:
         key = self._resource_keys.get(id(resource))
@@ -100,15 +113,23 @@ class Recorder:
             self.new_resources[key] = (plain_attributes(attributes), schema_url)
         return key
 
+    def _scope(self, scope: Any) -> tuple[str, ...]:
+        known = self._scopes.get(id(scope))
+        if known is None or known[0] is not scope:
+            plain = (scope.name, scope.version or "", scope.schema_url or "") if scope else ()
+            known = self._scopes[id(scope)] = (scope, plain)  # kept alive: its id is the key
+        return known[1]
+
     def record(self, span: Any) -> tuple[Any, ...]:
         """A plain tuple in :class:`SpanRecord` order; ``span`` is only read."""
         context = span.get_span_context()
         parent = span.parent
-        scope = span.instrumentation_scope
         status = span.status
         attributes = span.attributes
         if type(attributes) is not dict:  # the SDK's BoundedAttributes
             attributes = plain_attributes(attributes)
+        events = span.events
+        links = span.links
         return (
             context.trace_id,
             context.span_id,
@@ -116,11 +137,13 @@ class Recorder:
             parent.span_id if parent is not None else 0,
             bool(parent is not None and parent.is_remote),
             span.name,
-            span.kind.value,
+            _KIND[span.kind],
             span.start_time or 0,
             span.end_time or 0,
             attributes,
-            [(e.name, plain_attributes(e.attributes), e.timestamp) for e in span.events],
+            [(e.name, plain_attributes(e.attributes), e.timestamp) for e in events]
+            if events
+            else _EMPTY,
             [
                 (
                     link.context.trace_id,
@@ -128,11 +151,13 @@ class Recorder:
                     link.context.is_remote,
                     plain_attributes(link.attributes),
                 )
-                for link in span.links
-            ],
-            status.status_code.value,
+                for link in links
+            ]
+            if links
+            else _EMPTY,
+            _STATUS[status.status_code],
             status.description or "",
-            (scope.name, scope.version or "", scope.schema_url or "") if scope is not None else (),
+            self._scope(span.instrumentation_scope),
             self._resource_key(span.resource),
         )
 

@@ -64,7 +64,8 @@ class LightSpan(trace.Span):
         self.parent = parent
         self.attributes: dict[str, Any] = attributes if attributes is not None else {}
         self.links = links
-        self.events: list[LightEvent] = []
+        #: Most spans get none: a shared empty tuple until the first one.
+        self.events: list[LightEvent] | tuple[()] = ()
         self.status = UNSET
         self.start_time = time.time_ns()
         self.end_time: int | None = None
@@ -87,8 +88,11 @@ class LightSpan(trace.Span):
     def add_event(
         self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
     ) -> None:
-        if len(self.events) < EVENT_LIMIT:
-            self.events.append(LightEvent(name, attributes or {}, timestamp or time.time_ns()))
+        events = self.events
+        if not events:
+            events = self.events = []
+        if len(events) < EVENT_LIMIT:
+            events.append(LightEvent(name, attributes or {}, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         self.links = (*self.links, Link(context, attributes))

@@ -210,9 +210,16 @@ class RunTracer:
                 span.set_attribute("pytest.skip_reason", outcome.message[:500])
         span.end()
 
-    def child_span(self, name: str, attributes: dict[str, Any] | None = None) -> trace.Span:
-        """A span of ours (phase, fixture) under the current one, not yet current itself."""
-        parent = trace.get_current_span().get_span_context()
+    def child_span(
+        self,
+        name: str,
+        attributes: dict[str, Any] | None = None,
+        parent: SpanContext | None = None,
+    ) -> trace.Span:
+        """A span of ours (phase, fixture) under ``parent`` (default: the current span),
+        not yet current itself."""
+        if parent is None:
+            parent = trace.get_current_span().get_span_context()
         if self._light is None or not parent.is_valid:
             return NonRecordingSpan(parent)
         return self._light.start_child(name, parent, attributes)

@@ -21,8 +21,8 @@ from ...etcd.gateway import prefix_end
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
 from ...process import process_identity
-from ...records import encode_json, json_object
-from ..resume import passed_identities, result_record
+from ...records import json_object
+from ..resume import passed_identities, result_json
 from .claims import Claim, tear_down_for
 from .ending import end_run
 from .layout import JoinKeys
@@ -277,12 +277,10 @@ class JoinPlugin:
         claim = self._claims.pop(nodeid, None)
         if claim is None or self.queue is None or self.attempt is None:
             return
-        record = result_record(nodeid, outcome, self.attempt.number)
-        record["worker"] = self.worker_id
         self.queue.ack(
             claim,
             self.keys.run.result(nodeid),
-            encode_json(record),
+            result_json(nodeid, outcome, self.attempt.number, {"worker": self.worker_id}),
             lambda: self._discard(nodeid, outcome.counter),
         )
 
@@ -295,14 +293,13 @@ class JoinPlugin:
 
     def _give_up_record(self, index: int, deaths: int) -> tuple[str, str]:
         nodeid = self.items[index].nodeid
-        record = result_record(
-            nodeid, TestOutcome(word="error"), self.attempt.number if self.attempt else 1
-        )
-        record["reason"] = (
+        reason = (
             f"taskctl: --join: the processes running this test died {deaths} times "
             "(crash, SIGKILL, lost machine); not handed out again"
         )
-        return self.keys.run.result(nodeid), encode_json(record)
+        attempt = self.attempt.number if self.attempt else 1
+        record = result_json(nodeid, TestOutcome(word="error"), attempt, {"reason": reason})
+        return self.keys.run.result(nodeid), record
 
     def _given_up(self, index: int, deaths: int) -> None:
         nodeid = self.items[index].nodeid

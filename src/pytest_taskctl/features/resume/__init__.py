@@ -8,7 +8,7 @@ results and, with ``--resume``, deselects the tests that passed.
 
 from __future__ import annotations
 
-from .history import RESULTS_FILE, LocalRecord, latest_results, passed_identities, result_record
+from .history import RESULTS_FILE, LocalRecord, latest_results, passed_identities, result_json
 from .plugin import ResumePlugin, make_plugin
 
 __all__ = [
@@ -18,5 +18,5 @@ __all__ = [
     "latest_results",
     "make_plugin",
     "passed_identities",
-    "result_record",
+    "result_json",
 ]

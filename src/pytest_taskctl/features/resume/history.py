@@ -15,12 +15,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import IO, Any
 
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
 from ...records import encode_json, json_object
+
+#: A JSON string literal, non-ASCII kept (``ensure_ascii=False``), by json's own C escaper.
+_json_string = encode_basestring
 
 log = logging.getLogger("pytest_taskctl.plugin")
 
@@ -30,21 +34,31 @@ RESULTS_FILE = "results.jsonl"
 _LIVE = (None, "RUNNING", "PAUSED")
 
 
-def result_record(nodeid: str, outcome: TestOutcome, attempt: int) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "nodeid": nodeid,
-        "outcome": outcome.word,
-        "status": outcome.status,
-        "attempt": attempt,
-        "duration": round(outcome.duration, 6),
-        "ended": round(time.time(), 3),
-    }
+def result_json(
+    nodeid: str, outcome: TestOutcome, attempt: int, extra: Mapping[str, Any] | None = None
+) -> str:
+    """A test's result record as JSON text: the etcd value and the ``results.jsonl`` line.
+
+    ``{"nodeid", "outcome", "status", "attempt", "duration", "ended"}``, then
+    ``"sha256"`` for a very long node id, then ``extra``'s fields. Written out
+    here rather than by ``json.dumps``: one is made for every finished test,
+    and the encoder's set-up cost more than the record. The text is what
+    ``json.dumps(..., ensure_ascii=False)`` makes of the same dict (tests check).
+    """
     identity = nodeid_identity(nodeid)
-    if identity is not nodeid:
-        # Keep values small: a batched txn of 100 results must stay far below etcd's 1.5 MiB.
-        record["nodeid"] = nodeid[:200] + "..."
-        record["sha256"] = identity.removeprefix("sha256:")
-    return record
+    long_id = identity is not nodeid
+    # Keep values small: a batched txn of 100 results must stay far below etcd's 1.5 MiB.
+    shown = nodeid[:200] + "..." if long_id else nodeid
+    text = (
+        f'{{"nodeid": {_json_string(shown)}, "outcome": "{outcome.word}", '
+        f'"status": "{outcome.status}", "attempt": {int(attempt)}, '
+        f'"duration": {round(outcome.duration, 6)!r}, "ended": {round(time.time(), 3)!r}'
+    )
+    if long_id:
+        text += f', "sha256": "{identity.removeprefix("sha256:")}"'
+    if extra:
+        text += ", " + encode_json(dict(extra))[1:-1]
+    return text + "}"
 
 
 def _identity(record: Mapping[str, Any]) -> str | None:

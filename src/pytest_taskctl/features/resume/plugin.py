@@ -28,7 +28,6 @@ import pytest
 from ...etcd.gateway import delete_op, prefix_end
 from ...keys import nodeid_identity
 from ...outcome import TestOutcome
-from ...records import encode_json
 from .history import (
     RESULTS_FILE,
     LocalRecord,
@@ -36,7 +35,7 @@ from .history import (
     closed_attempts,
     earlier_records,
     passed_identities,
-    result_record,
+    result_json,
 )
 
 if TYPE_CHECKING:
@@ -253,7 +252,7 @@ class ResumePlugin:
         if self.records and self.recording and not run.lost_ownership:
             # The writer's next transaction (within tens of milliseconds) makes it durable
             # in etcd; the local record is appended here, one short write per test.
-            record = encode_json(result_record(nodeid, outcome, self.attempt))
+            record = result_json(nodeid, outcome, self.attempt)
             if run.writer is not None:
                 run.writer.put(self.keys.result(nodeid), record)
             self.local.append_line('{"type":"result",' + record[1:] + "\n")
