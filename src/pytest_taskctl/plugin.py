@@ -55,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     run.notify = lambda text: terminal_line(config, text)
     config.add_cleanup(run.close)  # also when sessionfinish never comes
+    config.pluginmanager.register(PerTestHooks(run), "taskctl-tests")
     config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
@@ -142,56 +143,66 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         run.collection_finished(items)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
-    run = _run(item.config)
-    if run is None:
-        return (yield)
-    # The gate comes before the span: a pause is not part of the test's time.
-    if not run.control.gate(item.nodeid):
-        item.add_marker(CANCELLED)
-    assert run.tracer is not None
-    test = item.stash[SPAN_KEY] = run.tracer.start_test(item.nodeid, run.test_attributes(item))
-    try:
-        run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", item.nodeid, traceid=test.traceid)
-        for observe in run.start_observers:  # the setup span
-            observe(item, test)
-        return (yield)
-    finally:
-        if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
-            run.control.test_finished(None)
-            outcome = run.outcomes.pop(item.nodeid, None)  # a failure before it is kept
-            if outcome is None or outcome.word not in ("failed", "error"):
-                outcome = TestOutcome.interrupted()
+class PerTestHooks:
+    """The hooks that run for every test, bound to the run.
+
+    Methods of an object registered in ``pytest_configure`` rather than
+    module functions: the run is an attribute here, not a ``config.stash``
+    lookup in each of the four calls a test makes.
+    """
+
+    def __init__(self, run: TaskRun) -> None:
+        self.run = run
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        run = self.run
+        nodeid = item.nodeid  # pytest 9 makes the string on each access
+        # The gate comes before the span: a pause is not part of the test's time.
+        if not run.control.gate(nodeid):
+            item.add_marker(CANCELLED)
+        assert run.tracer is not None
+        test = run.tracer.start_test(nodeid, run.test_attributes(item, nodeid))
+        item.stash[SPAN_KEY] = test
+        try:
+            run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", nodeid, traceid=test.traceid)
+            for observe in run.start_observers:  # the setup span
+                observe(item, test)
+            return (yield)
+        finally:
+            if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
+                run.control.test_finished(None)
+                outcome = run.outcomes.pop(nodeid, None)  # a failure before it is kept
+                if outcome is None or outcome.word not in ("failed", "error"):
+                    outcome = TestOutcome.interrupted()
+                run.tracer.end_test(test, outcome)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        run = self.run
+        for observe in run.report_observers:  # phase spans, trace links, pause on failure
+            observe(item, call, report)
+        test = item.stash.get(SPAN_KEY, None)
+        outcome = run.record_report(report, test.nodeid if test is not None else None)
+        if test is None or run.tracer is None:
+            return report
+        if call.excinfo is not None and report.failed:
+            run.tracer.phase_failed(test.span, call.excinfo.value, call.stop)
+        if outcome is not None:
+            del item.stash[SPAN_KEY]
+            run.runlog.line(
+                logging.INFO,
+                "pytest_runtest_teardown: %s %s in %.3fs",
+                test.nodeid,
+                outcome.word,
+                outcome.duration,
+                traceid=test.traceid,
+            )
             run.tracer.end_test(test, outcome)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    run = _run(item.config)
-    if run is None:
         return report
-    for observe in run.report_observers:  # phase spans, trace links, pause on failure
-        observe(item, call, report)
-    outcome = run.record_report(report)
-    test = item.stash.get(SPAN_KEY, None)
-    if report.failed and call.excinfo is not None and test is not None and run.tracer:
-        run.tracer.phase_failed(test.span, call.excinfo.value, call.stop)
-    if outcome is not None and test is not None and run.tracer is not None:
-        del item.stash[SPAN_KEY]
-        run.runlog.line(
-            logging.INFO,
-            "pytest_runtest_teardown: %s %s in %.3fs",
-            item.nodeid,
-            outcome.word,
-            outcome.duration,
-            traceid=test.traceid,
-        )
-        run.tracer.end_test(test, outcome)
-    return report
 
 
 @pytest.hookimpl(optionalhook=True)

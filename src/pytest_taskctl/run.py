@@ -358,9 +358,9 @@ class TaskRun:
 
     # -- tests ------------------------------------------------------------------
 
-    def test_attributes(self, item: pytest.Item) -> dict[str, Any]:
+    def test_attributes(self, item: pytest.Item, nodeid: str) -> dict[str, Any]:
         attributes: dict[str, Any] = {
-            "test.case.name": item.nodeid,
+            "test.case.name": nodeid,
             "pytest.run_id": self.settings.run_id,
             "code.file.path": str(item.path),
         }
@@ -372,9 +372,16 @@ class TaskRun:
             attributes["code.function.name"] = f"{function.__module__}.{function.__qualname__}"
         return attributes
 
-    def record_report(self, report: pytest.TestReport) -> TestOutcome | None:
-        """Fold a phase report into the test's outcome; returns it once teardown is in."""
-        nodeid = report.nodeid  # a property that parses the id (pytest 9): read it once
+    def record_report(
+        self, report: pytest.TestReport, nodeid: str | None = None
+    ) -> TestOutcome | None:
+        """Fold a phase report into the test's outcome; returns it once teardown is in.
+
+        ``nodeid``: the report's, when the caller has it (``report.nodeid`` is a
+        property that makes the string again on pytest 9).
+        """
+        if nodeid is None:
+            nodeid = report.nodeid
         outcome = self.outcomes.get(nodeid)
         if outcome is None:
             outcome = self.outcomes[nodeid] = TestOutcome()

@@ -37,11 +37,13 @@ PLUGIN_THREAD_PREFIXES = ("taskctl-", "OtelBatch")  # OtelBatch: the OTel logs p
 
 
 class RunningTest(NamedTuple):
-    """A running test's span, the token that made it current, and its trace id as text."""
+    """A running test: its node id, span, the token that made the span current, and its
+    trace id as text -- each made once a test."""
 
+    nodeid: str
     span: trace.Span
     token: object
-    #: 32 lower-case hex digits, made once: ``pytest.log`` lines, reports, JUnit properties.
+    #: 32 lower-case hex digits: ``pytest.log`` lines, reports, JUnit properties.
     traceid: str
 
 
@@ -191,7 +193,7 @@ class RunTracer:
             span = self._light.start_child(nodeid, session, dict(attributes))
         token = otel_context.attach(trace.set_span_in_context(span))
         self._running[threading.get_ident()] = span  # one dict op: atomic under the GIL
-        return RunningTest(span, token, f"{span.get_span_context().trace_id:032x}")
+        return RunningTest(nodeid, span, token, f"{span.get_span_context().trace_id:032x}")
 
     def end_test(self, test: RunningTest, outcome: TestOutcome) -> None:
         span = test.span
