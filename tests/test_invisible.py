@@ -185,3 +185,65 @@ def test_signal_numbers_are_untouched_after_the_session() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+WRAPPING_CONFTEST = """
+import pytest
+from opentelemetry import context, trace
+
+seen = []
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item):
+    token = context.attach(context.set_value("suite-key", item.name))
+    try:
+        return (yield)
+    finally:
+        context.detach(token)
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    seen.append((report.when, context.get_value("suite-key"),
+                 getattr(report, "taskctl_trace_id", None)))
+    return report
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    result = yield
+    print("AFTER-LOOP", trace.get_current_span().name)
+    print("SEEN", seen)
+    return result
+"""
+
+
+def test_a_suites_own_wrappers_keep_their_context_and_see_our_report_attributes(
+    ptr: pytest.Pytester,
+) -> None:
+    """A conftest's protocol wrapper attaches a context value: every phase of its test sees
+    it (phase spans are attached on top of it, never detached under it), the session's span
+    is current again after the tests, and a conftest makereport wrapper sees the trace id
+    the plugin put on a failed report (the plugin's wrappers keep their place inside the
+    suite's)."""
+    ptr.makeconftest(WRAPPING_CONFTEST)
+    ptr.makepyfile(
+        test_wrapped="""
+        from opentelemetry import context
+
+        def test_one():
+            assert context.get_value("suite-key") == "test_one"
+
+        def test_two():
+            assert context.get_value("suite-key") == "test_two"
+            assert False, "fails: its report carries its trace id"
+        """
+    )
+    result = ptr.runpytest_subprocess("-s", "--run-id", "wrapped-1")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "AFTER-LOOP pytest session" in result.stdout.str()
+    seen = eval(next(line for line in result.outlines if line.startswith("SEEN "))[5:])
+    assert [(when, key) for when, key, _ in seen] == [
+        (when, name) for name in ("test_one", "test_two") for when in ("setup", "call", "teardown")
+    ]
+    failed_call = seen[4]
+    assert isinstance(failed_call[2], str) and len(failed_call[2]) == 32, seen

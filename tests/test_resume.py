@@ -39,14 +39,17 @@ from .conftest import INNER_INI, wait_for
     ],
 )
 @pytest.mark.parametrize("extra", [None, {"worker": "w-1"}, {"reason": "died 3 times"}])
-def test_result_record_text_is_what_json_makes_of_it(nodeid: str, extra: dict[str, str]) -> None:
+@pytest.mark.parametrize("duration", [0.1234567, 1e-07, 12345.0, float("nan")])
+def test_result_record_text_is_what_json_makes_of_it(
+    nodeid: str, extra: dict[str, str], duration: float
+) -> None:
     """The hand-written record is the JSON text ``json.dumps`` made before: readers and files
     of earlier versions see the same records."""
-    outcome = TestOutcome(word="failed", duration=0.1234567)
+    outcome = TestOutcome(word="failed", duration=duration)
     text = result_json(nodeid, outcome, 3, extra)
     record = json.loads(text)
     expected = {"nodeid": nodeid, "outcome": "failed", "status": "fail", "attempt": 3,
-                "duration": 0.123457, "ended": record["ended"]}  # fmt: skip
+                "duration": round(duration, 6), "ended": record["ended"]}  # fmt: skip
     identity = nodeid_identity(nodeid)
     if identity != nodeid:
         expected["nodeid"] = nodeid[:200] + "..."

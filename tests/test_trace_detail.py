@@ -158,6 +158,8 @@ def test_phase_spans_lie_within_their_test_and_one_ended_by_pytest_exit_is_kept(
     assert ends[-1] <= int(done["endTimeUnixNano"])
     stopped = next(s for s in trace.spans if s["name"] == "test_exit.py::test_stops_the_run")
     assert [s["name"] for s in trace.children(stopped)] == ["setup", "call"]
+    for phase in trace.children(stopped):  # the interrupted call ends with its test, not after
+        assert int(phase["endTimeUnixNano"]) <= int(stopped["endTimeUnixNano"])
     assert attributes(stopped)["pytest.outcome"] == "error", "its setup passed, but not the test"
     assert is_error(stopped) and stopped["status"]["message"] == "call: interrupted"
 

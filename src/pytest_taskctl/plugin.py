@@ -19,20 +19,19 @@ from .outcome import TestOutcome
 from .run import TaskRun, argv_of
 from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
-from .telemetry.tracing import RunningTest
+from .telemetry.tracing import RunningTest, attributes_of_test
 from .terminal import header_lines, summary_lines, terminal_line
 
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[RunningTest]()
-#: Added to a test the run's cancel flag skips: pytest's skipping plugin raises it in
-#: setup, so no setup hook of ours runs for every test. ``skipif``, not ``skip``: the
-#: short summary keeps one ``SKIPPED [1] file.py:LINE: ...`` line per test, as pytest
-#: shows a skip raised in setup (it folds ``skip`` marks into one line per file).
-CANCELLED = pytest.mark.skipif(True, reason=CANCEL_REASON)
+CANCELLED_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
+    # Registered with this module, so its wrappers keep the module's place among the
+    # suite's conftests and plugins; the run is given to it in pytest_configure.
+    pluginmanager.register(PerTestHooks(), "taskctl-tests")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,7 +54,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     run.notify = lambda text: terminal_line(config, text)
     config.add_cleanup(run.close)  # also when sessionfinish never comes
-    config.pluginmanager.register(PerTestHooks(run), "taskctl-tests")
+    hooks = config.pluginmanager.get_plugin("taskctl-tests")
+    if isinstance(hooks, PerTestHooks):
+        hooks.run = run
     config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
@@ -146,36 +147,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class PerTestHooks:
     """The hooks that run for every test, bound to the run.
 
-    Methods of an object registered in ``pytest_configure`` rather than
-    module functions: the run is an attribute here, not a ``config.stash``
-    lookup in each of the four calls a test makes.
+    Methods of an object rather than module functions: the run is an
+    attribute here, not a ``config.stash`` lookup in each call a test makes.
     """
 
-    def __init__(self, run: TaskRun) -> None:
-        self.run = run
+    def __init__(self) -> None:
+        self.run: TaskRun | None = None  # set in pytest_configure
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         run = self.run
+        if run is None or run.tracer is None:
+            return (yield)
         nodeid = item.nodeid  # pytest 9 makes the string on each access
         # The gate comes before the span: a pause is not part of the test's time.
-        if not run.control.gate(nodeid):
-            item.add_marker(CANCELLED)
-        assert run.tracer is not None
-        test = run.tracer.start_test(nodeid, run.test_attributes(item, nodeid))
+        item.stash[CANCELLED_KEY] = not run.control.gate(nodeid)
+        test = run.tracer.start_test(nodeid, attributes_of_test(item, nodeid, run.settings.run_id))
         item.stash[SPAN_KEY] = test
         try:
-            run.runlog.line(logging.INFO, "pytest_runtest_setup: %s", nodeid, traceid=test.traceid)
             for observe in run.start_observers:  # the setup span
                 observe(item, test)
             return (yield)
         finally:
+            for observe_end in run.end_observers:  # a phase span left open by an interrupt
+                observe_end(item)
             if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
                 run.control.test_finished(None)
                 outcome = run.outcomes.pop(nodeid, None)  # a failure before it is kept
                 if outcome is None or outcome.word not in ("failed", "error"):
                     outcome = TestOutcome.interrupted()
                 run.tracer.end_test(test, outcome)
+            # Here, not at the teardown report: wrappers inside this one may have made
+            # contexts of their own current, and leave them before we leave ours.
+            run.tracer.leave_test(test)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.stash.get(CANCELLED_KEY, False):
+            raise pytest.skip.Exception(CANCEL_REASON, _use_item_location=True)
+        test = item.stash.get(SPAN_KEY, None)
+        if self.run is not None and test is not None:
+            line = "pytest_runtest_setup: %s"
+            self.run.runlog.line(logging.INFO, line, test.nodeid, traceid=test.traceid)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -183,6 +196,8 @@ class PerTestHooks:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         run = self.run
+        if run is None:
+            return report
         for observe in run.report_observers:  # phase spans, trace links, pause on failure
             observe(item, call, report)
         test = item.stash.get(SPAN_KEY, None)

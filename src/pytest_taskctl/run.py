@@ -79,6 +79,8 @@ class TaskRun:
         #: Called with the item and its :class:`RunningTest` once the test's span started,
         #: before its setup (the ``setup`` span opens there), from the plugin's protocol wrapper.
         self.start_observers: list[Callable[[pytest.Item, RunningTest], None]] = []
+        #: Called with the item when its protocol ends, however it ends (an interrupt too).
+        self.end_observers: list[Callable[[pytest.Item], None]] = []
         self.report_observers: list[
             Callable[[pytest.Item, pytest.CallInfo[None], pytest.TestReport], None]
         ] = []
@@ -357,20 +359,6 @@ class TaskRun:
         self.signals.restore()  # last: a signal during the bounded shutdown above is recorded
 
     # -- tests ------------------------------------------------------------------
-
-    def test_attributes(self, item: pytest.Item, nodeid: str) -> dict[str, Any]:
-        attributes: dict[str, Any] = {
-            "test.case.name": nodeid,
-            "pytest.run_id": self.settings.run_id,
-            "code.file.path": str(item.path),
-        }
-        line = item.location[1]
-        if line is not None:
-            attributes["code.line.number"] = line + 1
-        function = getattr(item, "function", None)
-        if function is not None:
-            attributes["code.function.name"] = f"{function.__module__}.{function.__qualname__}"
-        return attributes
 
     def record_report(
         self, report: pytest.TestReport, nodeid: str | None = None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -48,16 +47,19 @@ class PhaseSpans:
     def __init__(self, spans_of: SpanSource) -> None:
         #: Asked once per phase: the run's tracer exists only from session start.
         self._spans_of = spans_of
-        #: The running phase's span, context token and parent (the test's span), per
-        #: thread (``--thread``), until its report; what is left at an interrupt is ended there.
-        self._open: dict[int, tuple[trace.Span, Token[otel_context.Context], SpanContext]] = {}
+        #: The open phase's span and its parent (the test's span), per thread
+        #: (``--thread``), until its report or the end of the test's protocol.
+        self._open: dict[int, tuple[trace.Span, SpanContext]] = {}
 
     def _open_phase(self, name: str, parent: SpanContext) -> None:
         child_span = self._spans_of()
         if child_span is not None:
             span = child_span(name, None, parent)
-            token = otel_context.attach(trace.set_span_in_context(span))
-            self._open[threading.get_ident()] = (span, token, parent)
+            # On top of the current context, whatever other wrappers put there; not
+            # detached at the phase's end (that would drop what they attached since):
+            # the test's own token restores the context when its protocol ends.
+            otel_context.attach(trace.set_span_in_context(span))
+            self._open[threading.get_ident()] = (span, parent)
 
     def test_started(self, item: pytest.Item, test: RunningTest) -> None:
         """The test's span has started: open its ``setup`` span (a start observer of the run)."""
@@ -74,9 +76,8 @@ class PhaseSpans:
         when = report.when
         pending = self._open.pop(threading.get_ident(), None)
         if pending is None:
-            return  # a phase run again without its test's protocol (a rerun plugin)
-        span, token, parent = pending
-        otel_context.detach(token)
+            return  # a phase run again after its test's span ended (a rerun plugin)
+        span, parent = pending
         settle(span, when, int(call.start * 1e9))
         end_time = int(call.stop * 1e9)
         if report.failed and call.excinfo is not None:
@@ -85,9 +86,16 @@ class PhaseSpans:
         if when != "teardown":
             self._open_phase("call" if when == "setup" and report.passed else "teardown", parent)
 
+    def test_ended(self, item: pytest.Item) -> None:
+        """The test's protocol ended without the next phase's report (an interrupt, a
+        runner that did not run it): its open span ends here (an end observer of the run)."""
+        pending = self._open.pop(threading.get_ident(), None)
+        if pending is not None:
+            pending[0].end()
+
     def pytest_keyboard_interrupt(self) -> None:
-        """Ctrl-C or ``pytest.exit`` in a phase: no report comes, the span ends here."""
-        for span, _, _ in list(self._open.values()):
+        """Ctrl-C or ``pytest.exit``: spans still open on other threads end here."""
+        for span, _ in list(self._open.values()):
             span.end()
         self._open.clear()
 

@@ -28,6 +28,9 @@ class Telemetry(Protocol):
     def start_observers(self) -> list[Any]: ...
 
     @property
+    def end_observers(self) -> list[Any]: ...
+
+    @property
     def report_observers(self) -> list[Any]: ...
 
 
@@ -39,6 +42,7 @@ def register(
         phases = PhaseSpans(run.span_source)
         pluginmanager.register(phases, "taskctl-phase-spans")
         run.start_observers.append(phases.test_started)
+        run.end_observers.append(phases.test_ended)
         run.report_observers.append(phases.phase_reported)
     if settings.span_detail == "fixtures":
         pluginmanager.register(FixtureSpans(run.span_source), "taskctl-fixture-spans")

@@ -101,7 +101,7 @@ class Recorder:
         #: Resources not sent yet; the pipeline sends them with the next records.
         self.new_resources: dict[int, tuple[Any, ...]] = {}
         self._resources: list[Any] = []  # keep them alive: their id() is our key
-        self._scopes: dict[int, tuple[Any, tuple[str, ...]]] = {}  # id -> (scope, tuple)
+        self._scopes: dict[Any, tuple[str, ...]] = {}  # scope (hashable by value) -> tuple
 
     def _resource_key(self, resource: Any) -> int:
         key = self._resource_keys.get(id(resource))
@@ -114,11 +114,11 @@ class Recorder:
         return key
 
     def _scope(self, scope: Any) -> tuple[str, ...]:
-        known = self._scopes.get(id(scope))
-        if known is None or known[0] is not scope:
+        known = self._scopes.get(scope)
+        if known is None:
             plain = (scope.name, scope.version or "", scope.schema_url or "") if scope else ()
-            known = self._scopes[id(scope)] = (scope, plain)  # kept alive: its id is the key
-        return known[1]
+            known = self._scopes[scope] = plain
+        return known
 
     def record(self, span: Any) -> tuple[Any, ...]:
         """A plain tuple in :class:`SpanRecord` order; ``span`` is only read."""

@@ -129,9 +129,13 @@ def settle(span: trace.Span, name: str, start_time: int) -> None:
 
     A phase span is opened before pytest says which phase comes next
     (:mod:`.detail`); until it ends it is only a record, so both can change.
+    An event it got before ``start_time`` (a log line of a report hook between
+    two phases) moves the start back to it: a span's events lie within it.
     """
     if type(span) is LightSpan:
         span.name = name
+        if span.events:
+            start_time = min(start_time, *(event.timestamp for event in span.events))
         span.start_time = start_time
 
 

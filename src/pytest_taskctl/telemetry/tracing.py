@@ -47,6 +47,22 @@ class RunningTest(NamedTuple):
     traceid: str
 
 
+def attributes_of_test(item: Any, nodeid: str, run_id: str) -> dict[str, Any]:
+    """The test span's attributes: ``test.*`` and ``code.*`` semantic conventions."""
+    attributes: dict[str, Any] = {
+        "test.case.name": nodeid,
+        "pytest.run_id": run_id,
+        "code.file.path": str(item.path),
+    }
+    line = item.location[1]
+    if line is not None:
+        attributes["code.line.number"] = line + 1
+    function = getattr(item, "function", None)
+    if function is not None:
+        attributes["code.function.name"] = f"{function.__module__}.{function.__qualname__}"
+    return attributes
+
+
 def make_resource() -> Any:
     """Resource from OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (default ``pytest``)."""
     from opentelemetry.sdk.resources import Resource
@@ -196,10 +212,10 @@ class RunTracer:
         return RunningTest(nodeid, span, token, f"{span.get_span_context().trace_id:032x}")
 
     def end_test(self, test: RunningTest, outcome: TestOutcome) -> None:
+        """End the test's span with its outcome; its context stays current until
+        :meth:`leave_test`."""
         span = test.span
         self._running.pop(threading.get_ident(), None)
-        with contextlib.suppress(Exception):
-            otel_context.detach(test.token)  # type: ignore[arg-type]
         if span.is_recording():
             span.set_attributes(
                 {"test.case.result.status": outcome.status, "pytest.outcome": outcome.word}
@@ -211,6 +227,11 @@ class RunTracer:
             elif outcome.word in ("skipped", "xfailed") and outcome.message:
                 span.set_attribute("pytest.skip_reason", outcome.message[:500])
         span.end()
+
+    def leave_test(self, test: RunningTest) -> None:
+        """Restore the context from before the test (its phases' contexts with it)."""
+        with contextlib.suppress(Exception):
+            otel_context.detach(test.token)  # type: ignore[arg-type]
 
     def child_span(
         self,

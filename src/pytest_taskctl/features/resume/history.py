@@ -12,6 +12,7 @@ the latest result -- the highest attempt number, then the latest end time
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,10 +50,17 @@ def result_json(
     long_id = identity is not nodeid
     # Keep values small: a batched txn of 100 results must stay far below etcd's 1.5 MiB.
     shown = nodeid[:200] + "..." if long_id else nodeid
+    duration = round(float(outcome.duration), 6)
+    if not math.isfinite(duration):  # json's spelling (NaN, Infinity), which it reads back
+        return encode_json({"nodeid": shown, "outcome": outcome.word, "status": outcome.status,
+                            "attempt": attempt, "duration": duration,
+                            "ended": round(time.time(), 3),
+                            **({"sha256": identity.removeprefix("sha256:")} if long_id else {}),
+                            **(extra or {})})  # fmt: skip
     text = (
         f'{{"nodeid": {_json_string(shown)}, "outcome": "{outcome.word}", '
         f'"status": "{outcome.status}", "attempt": {int(attempt)}, '
-        f'"duration": {round(outcome.duration, 6)!r}, "ended": {round(time.time(), 3)!r}'
+        f'"duration": {float.__repr__(duration)}, "ended": {float.__repr__(round(time.time(), 3))}'
     )
     if long_id:
         text += f', "sha256": "{identity.removeprefix("sha256:")}"'
