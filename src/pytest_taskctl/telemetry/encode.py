@@ -31,6 +31,12 @@ _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
 _DOUBLE = struct.Struct("<d").pack
 _UINT64 = 0xFFFFFFFFFFFFFFFF
+#: Tag and value of kind (6, varint < 128), start (7) and end (8, fixed64) in one pack.
+_KIND_START_END = struct.Struct("<BBBQBQ").pack
+#: Span flags (16, fixed32): only these two values occur.
+_FLAGS = {
+    flags: b"\x85\x01" + _FIXED32(flags) for flags in (HAS_IS_REMOTE, HAS_IS_REMOTE | IS_REMOTE)
+}
 #: A str as a JSON string literal (quotes and escapes), the C encoder json.dumps uses.
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -178,13 +184,14 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
     if not protobuf:
         return "".join(js), b""
 
-    pb = bytearray(_field(1, trace_id) + _field(2, span_id))
+    # Fixed-size fields written with their tags: trace id (1), span id (2), parent (4).
+    pb = bytearray(b"\x0a\x10" + trace_id + b"\x12\x08" + span_id)
     if state:
         pb += _field(3, state.encode())
     if parent_id is not None:
-        pb += _field(4, parent_id)
-    pb += _field(5, name.encode()) + b"\x30" + _varint(kind)
-    pb += b"\x39" + _FIXED64(start) + b"\x41" + _FIXED64(end)
+        pb += b"\x22\x08" + parent_id
+    pb += _field(5, name.encode())
+    pb += _KIND_START_END(0x30, kind, 0x39, start, 0x41, end)  # kind < 128: one byte
     pb += attributes_pb
     for (event_name, _, timestamp), (_, event_pb) in zip(
         span.events, event_attributes, strict=True
@@ -201,10 +208,14 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
             + link_pb
         )
         pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
-    status_pb = _field(2, message.encode()) if message else b""
-    if code:
-        status_pb += b"\x18" + _varint(code)
-    pb += _field(15, status_pb) + b"\x85\x01" + _FIXED32(flags)
+    if message or code:
+        status_pb = _field(2, message.encode()) if message else b""
+        if code:
+            status_pb += b"\x18" + _SMALL[code]  # 1 or 2
+        pb += _field(15, status_pb)
+    else:
+        pb += b"\x7a\x00"  # an empty status, as the SDK writes it
+    pb += _FLAGS[flags]
     return "".join(js), bytes(pb)
 
 
