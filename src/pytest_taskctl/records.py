@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 #: ``json.dumps(value, ensure_ascii=False)`` without building an encoder on every call
-#: (``dumps`` reuses its own only with the default arguments): one per finished test.
+#: (``dumps`` reuses its own only with the default arguments).
 encode_json = json.JSONEncoder(ensure_ascii=False).encode
 
 

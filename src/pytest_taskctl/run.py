@@ -73,14 +73,14 @@ class TaskRun:
         #: Features' per-test meta fields (``RunControl.add_meta_source``), added in
         #: ``pytest_taskctl_run_starting``: the control they go to is made after it.
         self.meta_sources: list[Callable[[], Mapping[str, Any]]] = []
-        #: Called with ``(item, call, report)`` for each phase report, from the plugin's
-        #: one ``pytest_runtest_makereport`` wrapper: a pluggy wrapper per feature
-        #: cost more per test than the features' work.
-        #: Called with the item and its :class:`RunningTest` once the test's span started,
-        #: before its setup (the ``setup`` span opens there), from the plugin's protocol wrapper.
+        #: Per-test observers, called from the plugin's own protocol and report wrappers:
+        #: a pluggy hook implementation per feature cost more per test than its work.
+        #: Start: with the item and its :class:`RunningTest` once the test's span started,
+        #: before its setup (the ``setup`` span opens there).
         self.start_observers: list[Callable[[pytest.Item, RunningTest], None]] = []
-        #: Called with the item when its protocol ends, however it ends (an interrupt too).
+        #: End: with the item when its protocol ends, however it ends (an interrupt too).
         self.end_observers: list[Callable[[pytest.Item], None]] = []
+        #: Report: with ``(item, call, report)`` for each phase report.
         self.report_observers: list[
             Callable[[pytest.Item, pytest.CallInfo[None], pytest.TestReport], None]
         ] = []

@@ -27,6 +27,13 @@ from ...records import encode_json, json_object
 #: A JSON string literal, non-ASCII kept (``ensure_ascii=False``), by json's own C escaper.
 _json_string = encode_basestring
 
+
+def _json_float(value: float) -> str:
+    """A float as ``json`` writes it (``repr``; ``NaN``/``Infinity`` when not finite)."""
+    value = float(value)
+    return float.__repr__(value) if math.isfinite(value) else encode_json(value)
+
+
 log = logging.getLogger("pytest_taskctl.plugin")
 
 RESULTS_FILE = "results.jsonl"
@@ -50,17 +57,11 @@ def result_json(
     long_id = identity is not nodeid
     # Keep values small: a batched txn of 100 results must stay far below etcd's 1.5 MiB.
     shown = nodeid[:200] + "..." if long_id else nodeid
-    duration = round(float(outcome.duration), 6)
-    if not math.isfinite(duration):  # json's spelling (NaN, Infinity), which it reads back
-        return encode_json({"nodeid": shown, "outcome": outcome.word, "status": outcome.status,
-                            "attempt": attempt, "duration": duration,
-                            "ended": round(time.time(), 3),
-                            **({"sha256": identity.removeprefix("sha256:")} if long_id else {}),
-                            **(extra or {})})  # fmt: skip
     text = (
         f'{{"nodeid": {_json_string(shown)}, "outcome": "{outcome.word}", '
         f'"status": "{outcome.status}", "attempt": {int(attempt)}, '
-        f'"duration": {float.__repr__(duration)}, "ended": {float.__repr__(round(time.time(), 3))}'
+        f'"duration": {_json_float(round(outcome.duration, 6))}, '
+        f'"ended": {_json_float(round(time.time(), 3))}'
     )
     if long_id:
         text += f', "sha256": "{identity.removeprefix("sha256:")}"'
