@@ -180,6 +180,90 @@ def test_light_spans_encode_as_the_sdk_would(tmp_path: Path) -> None:
 HAS_IS_REMOTE_FLAG = 0x100
 
 
+def test_phases_in_their_tests_record_encode_as_the_sdk_encodes_four_spans(
+    tmp_path: Path,
+) -> None:
+    """A test's phases leave in its record (one record, not four) and come out of the
+    encoder as the SDK's encoders write the same four spans: protobuf and OTLP/JSON."""
+    from opentelemetry.sdk.trace import Event
+
+    from pytest_taskctl.telemetry.spans import LightTracer
+    from pytest_taskctl.telemetry.traceid import ID_GENERATOR
+
+    finished: list[Any] = []
+    provider = TracerProvider(resource=Resource({"service.name": "pytest"}))
+    light = LightTracer(provider, ID_GENERATOR, finished.append)
+    test = light.start_root("tests/test_x.py::test_a", {"test.case.name": "a"})
+    phase = light.start_phases(test)
+    assert phase is not None
+    seen = []  # what each phase looked like to the suite: ids, attributes, events, status
+    phase.set_attribute("db", "fresh")
+    phase.add_event("log", {"log.message": "connecting"}, timestamp=phase.start_time + 1)
+    seen.append(phase.get_span_context())
+    phase.end(end_time=phase.start_time + 10)
+    phase.next_phase("call")
+    phase.record_exception(ValueError("bad value"))
+    phase.set_status(StatusCode.ERROR, "ValueError: bad value")
+    seen.append(phase.get_span_context())
+    phase.end()
+    phase.next_phase("teardown")
+    seen.append(phase.get_span_context())
+    phase.end()
+    assert not phase.is_recording()
+    test.end()
+    assert finished == [test], "one record leaves pytest's process: the phases travel in it"
+    assert len({context.span_id for context in seen}) == 3
+    assert all(context.trace_id == test.get_span_context().trace_id for context in seen)
+
+    def readable(name: str, context: Any, start: int, end: int, **kw: Any) -> ReadableSpan:
+        return ReadableSpan(
+            name=name,
+            context=context,
+            parent=test.get_span_context(),
+            start_time=start,
+            end_time=end,
+            resource=provider.resource,
+            instrumentation_scope=light.scope,
+            **kw,
+        )
+
+    kept = test.phases
+    assert [p[1] for p in kept] == ["setup", "call", "teardown"]
+    sdk_spans = [
+        readable(
+            name,
+            context,
+            start,
+            end,
+            attributes=attributes,
+            events=[Event(e.name, e.attributes, e.timestamp) for e in events],
+            status=status,
+        )
+        for context, (_, name, start, end, attributes, events, _, status) in zip(
+            seen, kept, strict=True
+        )
+    ]
+    sdk_spans.append(
+        ReadableSpan(
+            name=test.name,
+            context=test.get_span_context(),
+            parent=None,
+            start_time=test.start_time,
+            end_time=test.end_time,
+            attributes=test.attributes,
+            resource=provider.resource,
+            instrumentation_scope=light.scope,
+        )
+    )
+    line, payload = encode_request(*records_of(finished))
+    assert ExportTraceServiceRequest.FromString(payload) == encode_spans(sdk_spans)
+    reference = tmp_path / "reference.jsonl"
+    exporter = FileSpanExporter(reference)
+    exporter.export(sdk_spans)
+    exporter.shutdown()
+    assert json.loads(line) == json.loads(reference.read_text())
+
+
 def test_sampler_off_records_no_light_spans() -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 

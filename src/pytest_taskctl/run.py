@@ -106,6 +106,10 @@ class TaskRun:
         """``child_span(name, attributes)`` of the run's tracer once the session started."""
         return None if self.tracer is None else self.tracer.child_span
 
+    def phase_source(self) -> Any:
+        """``start_phases(test_span)`` of the run's tracer once the session started."""
+        return None if self.tracer is None else self.tracer.start_phases
+
     def tracer_provider(self) -> Any:
         """The run's own TracerProvider once the session started (None before, or disabled)."""
         return None if self.tracer is None else self.tracer.tracer_provider

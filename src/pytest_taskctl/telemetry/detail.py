@@ -5,7 +5,7 @@ the phase spans do the first, their ``exception`` events the second. Each
 phase span is current while its phase runs, so fixture spans, log events and
 HTTP client spans of that phase land under it.
 
-Each phase span opens as the previous phase is reported -- ``setup`` when the
+Each phase begins as the previous phase is reported -- ``setup`` when the
 test's span starts (:meth:`PhaseSpans.test_started`), the next one from the
 report of the one before (:meth:`PhaseSpans.phase_reported`) -- and takes its
 final name and start from the report of its own phase (``report.when``,
@@ -29,73 +29,76 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanContext
 
 from .events import is_failure, record_failure
-from .spans import settle
+from .spans import PhaseSpan, settle
 
 if TYPE_CHECKING:
     from .tracing import RunningTest
 
 #: The run's ``child_span(name, attributes, parent=None)`` once the session started, else None.
 SpanSource = Callable[[], "Callable[..., trace.Span] | None"]
+#: The run's ``start_phases(test_span)`` once the session started, else None.
+PhaseSource = Callable[[], "Callable[[trace.Span], PhaseSpan | None] | None"]
 
 
 class PhaseSpans:
-    """``setup``, ``call`` and ``teardown`` spans under each test's span."""
+    """``setup``, ``call`` and ``teardown`` spans under each test's span.
 
-    def __init__(self, spans_of: SpanSource) -> None:
-        #: Asked once per phase: the run's tracer exists only from session start.
-        self._spans_of = spans_of
-        #: The open phase's span and its parent (the test's span), per thread
-        #: (``--thread``), until its report or the end of the test's protocol.
-        self._open: dict[int, tuple[trace.Span, SpanContext]] = {}
+    One :class:`~.spans.PhaseSpan` a test, made current once, is each phase in turn.
+    """
 
-    def _open_phase(self, name: str, parent: SpanContext) -> None:
-        child_span = self._spans_of()
-        if child_span is not None:
-            span = child_span(name, None, parent)
-            # On top of the current context, whatever other wrappers put there; not
-            # detached at the phase's end (that would drop what they attached since):
-            # the test's own token restores the context when its protocol ends.
-            otel_context.attach(trace.set_span_in_context(span))
-            self._open[threading.get_ident()] = (span, parent)
+    def __init__(self, phases_of: PhaseSource) -> None:
+        #: Asked once a test: the run's tracer exists only from session start.
+        self._phases_of = phases_of
+        #: Each running test's phase span, per thread (``--thread``), until its
+        #: teardown report or the end of the test's protocol.
+        self._open: dict[int, PhaseSpan] = {}
 
     def test_started(self, item: pytest.Item, test: RunningTest) -> None:
-        """The test's span has started: open its ``setup`` span (a start observer of the run)."""
-        self._open_phase("setup", test.span.get_span_context())
+        """The test's span has started: its ``setup`` phase begins (a start observer of the run)."""
+        start_phases = self._phases_of()
+        span = start_phases(test.span) if start_phases is not None else None
+        if span is not None:
+            # On top of the current context, whatever other wrappers put there; not
+            # detached at the test's end (that would drop what they attached since):
+            # the test's own token restores the context when its protocol ends.
+            otel_context.attach(trace.set_span_in_context(span))
+            self._open[threading.get_ident()] = span
 
     def phase_reported(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
     ) -> None:
-        """End the reported phase's span and open the next one (a report observer of the run).
+        """End the reported phase and begin the next one (a report observer of the run).
 
         After ``setup`` comes ``call`` unless setup did not pass; a phase that does
         not run after all (``--setup-only``) is renamed by the report that comes.
         """
         when = report.when
-        pending = self._open.pop(threading.get_ident(), None)
-        if pending is None:
+        ident = threading.get_ident()
+        span = self._open.get(ident)
+        if span is None:
             return  # a phase run again after its test's span ended (a rerun plugin)
-        span, parent = pending
         settle(span, when, int(call.start * 1e9))
         end_time = int(call.stop * 1e9)
         if report.failed and call.excinfo is not None:
             record_failure(span, call.excinfo.value, end_time)
         span.end(end_time=end_time)
-        if when != "teardown":
-            self._open_phase("call" if when == "setup" and report.passed else "teardown", parent)
+        if when == "teardown":
+            del self._open[ident]
+        else:
+            span.next_phase("call" if when == "setup" and report.passed else "teardown")
 
     def test_ended(self, item: pytest.Item) -> None:
         """The test's protocol ended without the next phase's report (an interrupt, a
-        runner that did not run it): its open span ends here (an end observer of the run)."""
-        pending = self._open.pop(threading.get_ident(), None)
-        if pending is not None:
-            pending[0].end()
+        runner that did not run it): its open phase ends here (an end observer of the run)."""
+        span = self._open.pop(threading.get_ident(), None)
+        if span is not None:
+            span.end()
 
     def pytest_keyboard_interrupt(self) -> None:
-        """Ctrl-C or ``pytest.exit``: spans still open on other threads end here."""
-        for span, _ in list(self._open.values()):
+        """Ctrl-C or ``pytest.exit``: phases still open on other threads end here."""
+        for span in list(self._open.values()):
             span.end()
         self._open.clear()
 

@@ -122,8 +122,9 @@ def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[str, 
     return "[" + ",".join(out_json) + "]", bytes(out_pb)
 
 
-def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
-    """One span as OTLP ``Span``: (JSON object text, protobuf bytes or ``b""``).
+def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, bytes]]:
+    """A record's spans as OTLP ``Span`` s: (JSON object text, protobuf bytes or ``b""``)
+    each -- the children carried in the record (a test's phases) first, as they ended.
 
     The JSON is written as text: ids, numbers and cached attributes need no
     escaping, and building dicts for :func:`json.dumps` cost as much as the
@@ -131,58 +132,118 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
     half, ~40% of the work, is skipped.
     """
     trace_id = span.trace_id.to_bytes(16, "big")
-    span_id = span.span_id.to_bytes(8, "big")
+    trace = (trace_id, trace_id.hex(), span.trace_state)
+    out = []
+    if span.children:
+        parent = span.span_id.to_bytes(8, "big")
+        for child_id, name, start, end, attributes, events, links, code, message in span.children:
+            out.append(
+                _encode(
+                    trace,
+                    child_id,
+                    parent,
+                    False,
+                    name,
+                    0,
+                    start,
+                    end,
+                    attributes,
+                    events,
+                    links,
+                    code,
+                    message,
+                    protobuf,
+                )
+            )
     parent_id = span.parent_id.to_bytes(8, "big") if span.parent_id else None
-    flags = HAS_IS_REMOTE | (IS_REMOTE if span.parent_remote else 0)
-    state = span.trace_state
-    start, end, name = span.start, span.end, span.name
-    kind = span.kind + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
-    attributes_json, attributes_pb = _attributes(span.attributes, 9)
-    # Each encoded once, for both halves.
-    event_attributes = [_attributes(attributes, 3) for _, attributes, _ in span.events]
-    link_attributes = [_attributes(link[3], 4) for link in span.links]
-    code, message = span.status_code, span.status_message
+    out.append(
+        _encode(
+            trace,
+            span.span_id,
+            parent_id,
+            span.parent_remote,
+            span.name,
+            span.kind,
+            span.start,
+            span.end,
+            span.attributes,
+            span.events,
+            span.links,
+            span.status_code,
+            span.status_message,
+            protobuf,
+        )
+    )
+    return out
 
-    js = ['{"traceId":"', trace_id.hex(), '","spanId":"', span_id.hex(), '"']
+
+def _encode(
+    trace: tuple[bytes, str, str],
+    span_id_value: int,
+    parent_id: bytes | None,
+    parent_remote: bool,
+    name: str,
+    api_kind: int,
+    start: int,
+    end: int,
+    attributes: Mapping[str, Any],
+    events: Sequence[tuple[str, Mapping[str, Any], int]],
+    links: Sequence[tuple[int, int, bool, Mapping[str, Any]]],
+    code: int,
+    message: str,
+    protobuf: bool,
+) -> tuple[str, bytes]:
+    """One span; ``trace``: its trace id as bytes and hex, and its trace state."""
+    trace_id, trace_hex, state = trace
+    span_id = span_id_value.to_bytes(8, "big")
+    flags = HAS_IS_REMOTE | (IS_REMOTE if parent_remote else 0)
+    kind = api_kind + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
+    attributes_json, attributes_pb = _attributes(attributes, 9)
+    # Each encoded once, for both halves.
+    event_attributes = [_attributes(a, 3) for _, a, _ in events] if events else ()
+    link_attributes = [_attributes(link[3], 4) for link in links] if links else ()
+
+    js = f'{{"traceId":"{trace_hex}","spanId":"{span_id.hex()}"'
     if state:
-        js += (',"traceState":', _json_string(state))
+        js += ',"traceState":' + _json_string(state)
     if parent_id is not None:
-        js += (',"parentSpanId":"', parent_id.hex(), '"')
-    js.append(
+        js += f',"parentSpanId":"{parent_id.hex()}"'
+    js += (
         f',"flags":{flags},"name":{_json_string(name)},"kind":{kind},'
         f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"'
     )
     if attributes_json:
-        js += (',"attributes":', attributes_json)
-    if span.events:
-        events = []
+        js += ',"attributes":' + attributes_json
+    if events:
+        parts = []
         for (event_name, _, timestamp), (event_js_attributes, _) in zip(
-            span.events, event_attributes, strict=True
+            events, event_attributes, strict=True
         ):
             event_js = f'{{"timeUnixNano":"{timestamp}","name":{_json_string(event_name)}'
             if event_js_attributes:
                 event_js += ',"attributes":' + event_js_attributes
-            events.append(event_js + "}")
-        js += (',"events":[', ",".join(events), "]")
-    if span.links:
-        links = []
+            parts.append(event_js + "}")
+        js += ',"events":[' + ",".join(parts) + "]"
+    if links:
+        parts = []
         for (link_trace, link_span, remote, _), (link_attributes_js, _) in zip(
-            span.links, link_attributes, strict=True
+            links, link_attributes, strict=True
         ):
             link_flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
             link_js = f'{{"traceId":"{link_trace:032x}","spanId":"{link_span:016x}"'
             if link_attributes_js:
                 link_js += ',"attributes":' + link_attributes_js
-            links.append(f'{link_js},"flags":{link_flags}}}')
-        js += (',"links":[', ",".join(links), "]")
-    status_js = []
+            parts.append(f'{link_js},"flags":{link_flags}}}')
+        js += ',"links":[' + ",".join(parts) + "]"
     if message:
-        status_js.append('"message":' + _json_string(message))
-    if code:
-        status_js.append(f'"code":{code}')
-    js += (',"status":{', ",".join(status_js), "}}")
+        code_js = f',"code":{code}' if code else ""
+        js += f',"status":{{"message":{_json_string(message)}{code_js}}}}}'
+    elif code:
+        js += f',"status":{{"code":{code}}}}}'
+    else:
+        js += ',"status":{}}'
     if not protobuf:
-        return "".join(js), b""
+        return js, b""
 
     # Fixed-size fields written with their tags: trace id (1), span id (2), parent (4).
     pb = bytearray(b"\x0a\x10" + trace_id + b"\x12\x08" + span_id)
@@ -193,13 +254,11 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
     pb += _field(5, name.encode())
     pb += _KIND_START_END(0x30, kind, 0x39, start, 0x41, end)  # kind < 128: one byte
     pb += attributes_pb
-    for (event_name, _, timestamp), (_, event_pb) in zip(
-        span.events, event_attributes, strict=True
-    ):
+    for (event_name, _, timestamp), (_, event_pb) in zip(events, event_attributes, strict=True):
         body = b"\x09" + _FIXED64(timestamp) + _field(2, event_name.encode())
         pb += _field(11, body + event_pb)
     for (link_trace, link_span, remote, _), (_, link_pb) in zip(
-        span.links, link_attributes, strict=True
+        links, link_attributes, strict=True
     ):
         link_flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
         body = (
@@ -216,7 +275,7 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> tuple[str, bytes]:
     else:
         pb += b"\x7a\x00"  # an empty status, as the SDK writes it
     pb += _FLAGS[flags]
-    return "".join(js), bytes(pb)
+    return js, bytes(pb)
 
 
 def encode_request(
@@ -237,7 +296,7 @@ def encode_request(
         encoded = scopes.get(span.scope)
         if encoded is None:
             encoded = scopes[span.scope] = []
-        encoded.append(encode_span(span, protobuf))
+        encoded.extend(encode_span(span, protobuf))
     resource_spans_json = []
     request_pb = bytearray()
     for resource_key, scopes in groups.items():

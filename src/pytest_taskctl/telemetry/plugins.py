@@ -22,6 +22,8 @@ class Telemetry(Protocol):
 
     def span_source(self) -> Any: ...
 
+    def phase_source(self) -> Any: ...
+
     def tracer_provider(self) -> Any: ...
 
     @property
@@ -39,7 +41,7 @@ def register(
 ) -> None:
     """Register what ``--taskctl-span-detail`` and ``--taskctl-http`` ask for."""
     if settings.span_detail in ("phases", "fixtures"):
-        phases = PhaseSpans(run.span_source)
+        phases = PhaseSpans(run.phase_source)
         pluginmanager.register(phases, "taskctl-phase-spans")
         run.start_observers.append(phases.test_started)
         run.end_observers.append(phases.test_ended)

@@ -85,13 +85,17 @@ def read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
     return message
 
 
+def _plain_parts(attributes: Any, events: Any) -> tuple[dict[str, Any], list[Any]]:
+    return plain_attributes(attributes), [(n, plain_attributes(a), t) for n, a, t in events]
+
+
 def _plain_records(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Records whose attributes marshal can carry (a suite set an object as a value)."""
     out = []
     for record in records:
         fields = list(record)
-        fields[9] = plain_attributes(record[9])
-        fields[10] = [(n, plain_attributes(a), t) for n, a, t in record[10]]
+        fields[9], fields[10] = _plain_parts(record[9], record[10])
+        fields[16] = [(*c[:4], *_plain_parts(c[4], c[5]), *c[6:]) for c in record[16]]
         out.append(tuple(fields))
     return out
 

@@ -8,7 +8,10 @@ plain tuple (``marshal`` refuses tuple subclasses), rebuilt on the other side
 with ``SpanRecord._make``.
 
 Resources are sent once, not with every span: a record names its resource
-by a small integer that :class:`Recorder` hands out.
+by a small integer that :class:`Recorder` hands out. A test's phases
+(:class:`~.spans.PhaseSpan`) travel inside the test's record as
+:class:`ChildRecord` s: their trace, scope and resource are the test's, their
+parent is the test's span.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ _KIND = {kind: kind.value for kind in SpanKind}
 _STATUS = {code: code.value for code in StatusCode}
 #: No events, no links: one shared empty tuple (marshal and the encoder take either).
 _EMPTY: tuple[()] = ()
+
+
+class ChildRecord(NamedTuple):
+    """A span carried in its parent's record: trace, scope and resource are the parent's."""
+
+    span_id: int
+    name: str
+    start: int
+    end: int
+    attributes: Mapping[str, Any]
+    events: Sequence[tuple[str, Mapping[str, Any], int]]
+    links: Sequence[tuple[int, int, bool, Mapping[str, Any]]]
+    status_code: int
+    status_message: str
 
 
 class SpanRecord(NamedTuple):
@@ -46,6 +63,7 @@ class SpanRecord(NamedTuple):
     status_message: str
     scope: tuple[str, str, str] | tuple[()]  # (name, version, schema url), () when none
     resource: int  # key into the resources sent beside the records
+    children: Sequence[ChildRecord]  # spans carried in this one's record (a test's phases)
 
 
 class ResourceRecord(NamedTuple):
@@ -125,11 +143,7 @@ class Recorder:
         context = span.get_span_context()
         parent = span.parent
         status = span.status
-        attributes = span.attributes
-        if type(attributes) is not dict:  # the SDK's BoundedAttributes
-            attributes = plain_attributes(attributes)
-        events = span.events
-        links = span.links
+        phases = getattr(span, "phases", _EMPTY)  # light spans only
         return (
             context.trace_id,
             context.span_id,
@@ -140,26 +154,55 @@ class Recorder:
             _KIND[span.kind],
             span.start_time or 0,
             span.end_time or 0,
-            attributes,
-            [(e.name, plain_attributes(e.attributes), e.timestamp) for e in events]
-            if events
-            else _EMPTY,
-            [
-                (
-                    link.context.trace_id,
-                    link.context.span_id,
-                    link.context.is_remote,
-                    plain_attributes(link.attributes),
-                )
-                for link in links
-            ]
-            if links
-            else _EMPTY,
+            _attributes(span.attributes),
+            _events(span.events),
+            _links(span.links),
             _STATUS[status.status_code],
             status.description or "",
             self._scope(span.instrumentation_scope),
             self._resource_key(span.resource),
+            [_child(phase) for phase in phases] if phases else _EMPTY,
         )
+
+
+def _attributes(attributes: Any) -> Any:
+    return attributes if type(attributes) is dict else plain_attributes(attributes)
+
+
+def _events(events: Any) -> Any:
+    if not events:
+        return _EMPTY
+    return [(e.name, plain_attributes(e.attributes), e.timestamp) for e in events]
+
+
+def _links(links: Any) -> Any:
+    if not links:
+        return _EMPTY
+    return [
+        (
+            link.context.trace_id,
+            link.context.span_id,
+            link.context.is_remote,
+            plain_attributes(link.attributes),
+        )
+        for link in links
+    ]
+
+
+def _child(phase: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A :class:`ChildRecord` tuple of a phase as :meth:`.spans.PhaseSpan.end` kept it."""
+    span_id, name, start, end, attributes, events, links, status = phase
+    return (
+        span_id,
+        name,
+        start,
+        end,
+        _attributes(attributes),
+        _events(events),
+        _links(links),
+        _STATUS[status.status_code],
+        status.description or "",
+    )
 
 
 def records_of(spans: Any) -> tuple[list[SpanRecord], dict[int, ResourceRecord]]:

@@ -28,7 +28,8 @@ from .export import SignalExport
 from .log_forwarding import LogExport
 from .span_records import ResourceRecord, SpanRecord
 
-#: Spans per request: keeps a request well under collectors' 4 MiB default limit.
+#: Records per request (a test's record carries its phases: four spans): keeps a
+#: request well under collectors' 4 MiB default limit.
 MAX_BATCH = 512
 #: Encoded requests waiting for a slow collector before new ones are dropped.
 MAX_PENDING_REQUESTS = 256
@@ -138,7 +139,8 @@ class SpanWriter:
                 if self._file is not None:
                     self._file.write(line)
                 if self._sender is not None:
-                    self._sender.send(EncodedSpans(payload, len(batch)))
+                    spans = len(batch) + sum(len(record.children) for record in batch)
+                    self._sender.send(EncodedSpans(payload, spans))
             if self._file is not None:
                 self._file.flush()
 

@@ -14,6 +14,9 @@ to the same pipeline as SDK spans, which encodes both alike.
 Sampling follows the SDK's rule for the run's provider: a test's root span
 asks the provider's sampler (``OTEL_TRACES_SAMPLER``); children follow
 their parent.
+
+A test's phases are cheaper still (:class:`PhaseSpan`): one object for the
+three of them, and each ended phase travels in its test's record.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class LightSpan(trace.Span):
     """A recording span that is only a record: see the module docstring."""
 
     kind = SpanKind.INTERNAL
+    #: Phases of this (test) span that have ended, as :meth:`PhaseSpan.end` keeps
+    #: them; they leave pytest's process in this span's record. Most spans have none.
+    phases: list[tuple[Any, ...]] | tuple[()] = ()
 
     def __init__(
         self,
@@ -124,6 +130,79 @@ class LightSpan(trace.Span):
             self._sink(self)
 
 
+class PhaseSpan(LightSpan):
+    """The span of a test's current phase: ``setup``, then ``call``, then ``teardown``.
+
+    Three phase spans a test were three span objects, three contexts made
+    current and three records to send: as much per-test work as everything
+    else the plugin does for a span (``docs/benchmarks.md``). This one object
+    is made current once for the whole test, and is each phase in turn: a
+    phase gets its own span id, name, times, events and status, and when it
+    ends (:meth:`end`) those are kept in the test's span, whose record takes
+    them out of pytest's process. Whatever asks for the current span during a
+    phase -- log events, fixture spans, HTTP client spans, the suite's
+    ``trace.get_current_span()`` -- gets that phase; the span context of a
+    phase is only made when something asks for it. (A reference kept from
+    one phase and used in a later one acts on the later phase.)
+    """
+
+    def __init__(self, test: LightSpan, name: str, new_span_id: Callable[[], int]) -> None:
+        # Not LightSpan.__init__: the context is made lazily, the rest comes from the test.
+        self._test = test
+        self._new_span_id = new_span_id
+        self._test_context = self.parent = test.get_span_context()
+        self.links = ()
+        self.resource = test.resource
+        self.instrumentation_scope = test.instrumentation_scope
+        self._sink = test._sink
+        self.next_phase(name)
+
+    def next_phase(self, name: str) -> None:
+        """Begin the next phase (after :meth:`end` of the one before)."""
+        self.name = name
+        self.span_id = self._new_span_id()
+        self._phase_context: SpanContext | None = None
+        self.attributes = {}
+        self.events = ()
+        self.status = UNSET
+        self.start_time = time.time_ns()
+        self.end_time = None
+
+    def get_span_context(self) -> SpanContext:
+        context = self._phase_context
+        if context is None:
+            test = self._test_context
+            context = self._phase_context = SpanContext(
+                test.trace_id, self.span_id, False, test.trace_flags, test.trace_state
+            )
+        return context
+
+    def end(self, end_time: int | None = None) -> None:
+        """End the current phase: it leaves with its test's record -- or alone, if the
+        test's span has already ended (an interrupt on another thread)."""
+        if self.end_time is not None:
+            return
+        self.end_time = end_time or time.time_ns()
+        test = self._test
+        if test.end_time is not None:
+            self._sink(self)
+            return
+        if not test.phases:
+            test.phases = []
+        test.phases.append(
+            (
+                self.span_id,
+                self.name,
+                self.start_time,
+                self.end_time,
+                self.attributes,
+                self.events,
+                self.links,
+                self.status,
+            )
+        )
+
+
 def settle(span: trace.Span, name: str, start_time: int) -> None:
     """Give a span opened ahead of its work its final name and start (ns since the epoch).
 
@@ -132,7 +211,7 @@ def settle(span: trace.Span, name: str, start_time: int) -> None:
     An event it got before ``start_time`` (a log line of a report hook between
     two phases) moves the start back to it: a span's events lie within it.
     """
-    if type(span) is LightSpan:
+    if isinstance(span, LightSpan):
         span.name = name
         if span.events:
             start_time = min(start_time, *(event.timestamp for event in span.events))
@@ -178,6 +257,13 @@ class LightTracer:
             parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags
         )
         return self._span(name, context, parent, attributes, links)
+
+    def start_phases(self, test: trace.Span) -> PhaseSpan | None:
+        """The ``setup`` phase of ``test`` (a span of this tracer); None when the test's
+        span records nothing (sampled out)."""
+        if type(test) is not LightSpan:
+            return None
+        return PhaseSpan(test, "setup", self._ids.generate_span_id)
 
     def _span(
         self,

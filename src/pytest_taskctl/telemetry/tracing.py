@@ -247,6 +247,11 @@ class RunTracer:
             return NonRecordingSpan(parent)
         return self._light.start_child(name, parent, attributes)
 
+    def start_phases(self, test_span: trace.Span) -> trace.Span | None:
+        """The span of the test's phases (:class:`~.spans.PhaseSpan`), in its ``setup``
+        phase; None when the test's span records nothing."""
+        return self._light.start_phases(test_span) if self._light is not None else None
+
     def phase_failed(self, span: trace.Span, exc: BaseException, when: float) -> None:
         """A phase raised (at ``when``, epoch s): its ``exception`` event goes on the test's
         span when there are no phase spans to carry it (:mod:`.detail` does it otherwise)."""
