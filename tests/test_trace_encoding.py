@@ -180,11 +180,12 @@ def test_light_spans_encode_as_the_sdk_would(tmp_path: Path) -> None:
 HAS_IS_REMOTE_FLAG = 0x100
 
 
-def test_phases_in_their_tests_record_encode_as_the_sdk_encodes_four_spans(
+def test_phases_and_fixtures_in_their_tests_record_encode_as_the_sdk_encodes_the_spans(
     tmp_path: Path,
 ) -> None:
-    """A test's phases leave in its record (one record, not four) and come out of the
-    encoder as the SDK's encoders write the same four spans: protobuf and OTLP/JSON."""
+    """A test's phases and fixture spans leave in its record (one record, not five) and
+    come out of the encoder as the SDK's encoders write the same spans: protobuf and
+    OTLP/JSON."""
     from opentelemetry.sdk.trace import Event
 
     from pytest_taskctl.telemetry.spans import LightTracer
@@ -199,6 +200,9 @@ def test_phases_in_their_tests_record_encode_as_the_sdk_encodes_four_spans(
     seen = []  # what each phase looked like to the suite: ids, attributes, events, status
     phase.set_attribute("db", "fresh")
     phase.add_event("log", {"log.message": "connecting"}, timestamp=phase.start_time + 1)
+    fixture = light.start_carried("fixture db", phase, {"pytest.fixture.scope": "module"})
+    fixture.end()
+    seen.append(fixture.get_span_context())
     seen.append(phase.get_span_context())
     phase.end(end_time=phase.start_time + 10)
     phase.next_phase("call")
@@ -211,15 +215,15 @@ def test_phases_in_their_tests_record_encode_as_the_sdk_encodes_four_spans(
     phase.end()
     assert not phase.is_recording()
     test.end()
-    assert finished == [test], "one record leaves pytest's process: the phases travel in it"
-    assert len({context.span_id for context in seen}) == 3
+    assert finished == [test], "one record leaves pytest's process: the others travel in it"
+    assert len({context.span_id for context in seen}) == 4
     assert all(context.trace_id == test.get_span_context().trace_id for context in seen)
 
     def readable(name: str, context: Any, start: int, end: int, **kw: Any) -> ReadableSpan:
         return ReadableSpan(
             name=name,
             context=context,
-            parent=test.get_span_context(),
+            parent=seen[1] if name.startswith("fixture") else test.get_span_context(),
             start_time=start,
             end_time=end,
             resource=provider.resource,
@@ -227,8 +231,8 @@ def test_phases_in_their_tests_record_encode_as_the_sdk_encodes_four_spans(
             **kw,
         )
 
-    kept = test.phases
-    assert [p[1] for p in kept] == ["setup", "call", "teardown"]
+    kept = test.children
+    assert [child[2] for child in kept] == ["fixture db", "setup", "call", "teardown"]
     sdk_spans = [
         readable(
             name,
@@ -239,7 +243,7 @@ def test_phases_in_their_tests_record_encode_as_the_sdk_encodes_four_spans(
             events=[Event(e.name, e.attributes, e.timestamp) for e in events],
             status=status,
         )
-        for context, (_, name, start, end, attributes, events, _, status) in zip(
+        for context, (_, _, name, start, end, attributes, events, _, status) in zip(
             seen, kept, strict=True
         )
     ]

@@ -36,7 +36,7 @@ from .spans import PhaseSpan, settle
 if TYPE_CHECKING:
     from .tracing import RunningTest
 
-#: The run's ``child_span(name, attributes, parent=None)`` once the session started, else None.
+#: The run's ``child_span(name, attributes)`` once the session started, else None.
 SpanSource = Callable[[], "Callable[..., trace.Span] | None"]
 #: The run's ``start_phases(test_span)`` once the session started, else None.
 PhaseSource = Callable[[], "Callable[[trace.Span], PhaseSpan | None] | None"]

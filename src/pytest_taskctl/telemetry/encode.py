@@ -124,7 +124,8 @@ def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[str, 
 
 def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, bytes]]:
     """A record's spans as OTLP ``Span`` s: (JSON object text, protobuf bytes or ``b""``)
-    each -- the children carried in the record (a test's phases) first, as they ended.
+    each -- the children carried in the record (a test's phases and fixtures) first, as
+    they ended.
 
     The JSON is written as text: ids, numbers and cached attributes need no
     escaping, and building dicts for :func:`json.dumps` cost as much as the
@@ -134,27 +135,36 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, byte
     trace_id = span.trace_id.to_bytes(16, "big")
     trace = (trace_id, trace_id.hex(), span.trace_state)
     out = []
-    if span.children:
-        parent = span.span_id.to_bytes(8, "big")
-        for child_id, name, start, end, attributes, events, links, code, message in span.children:
-            out.append(
-                _encode(
-                    trace,
-                    child_id,
-                    parent,
-                    False,
-                    name,
-                    0,
-                    start,
-                    end,
-                    attributes,
-                    events,
-                    links,
-                    code,
-                    message,
-                    protobuf,
-                )
+    for (
+        child_id,
+        parent,
+        name,
+        start,
+        end,
+        attributes,
+        events,
+        links,
+        code,
+        message,
+    ) in span.children:
+        out.append(
+            _encode(
+                trace,
+                child_id,
+                parent.to_bytes(8, "big"),
+                False,
+                name,
+                0,
+                start,
+                end,
+                attributes,
+                events,
+                links,
+                code,
+                message,
+                protobuf,
             )
+        )
     parent_id = span.parent_id.to_bytes(8, "big") if span.parent_id else None
     out.append(
         _encode(

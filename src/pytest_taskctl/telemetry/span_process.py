@@ -95,7 +95,7 @@ def _plain_records(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     for record in records:
         fields = list(record)
         fields[9], fields[10] = _plain_parts(record[9], record[10])
-        fields[16] = [(*c[:4], *_plain_parts(c[4], c[5]), *c[6:]) for c in record[16]]
+        fields[16] = [(*c[:5], *_plain_parts(c[5], c[6]), *c[7:]) for c in record[16]]
         out.append(tuple(fields))
     return out
 

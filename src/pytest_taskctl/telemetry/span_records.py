@@ -8,10 +8,9 @@ plain tuple (``marshal`` refuses tuple subclasses), rebuilt on the other side
 with ``SpanRecord._make``.
 
 Resources are sent once, not with every span: a record names its resource
-by a small integer that :class:`Recorder` hands out. A test's phases
-(:class:`~.spans.PhaseSpan`) travel inside the test's record as
-:class:`ChildRecord` s: their trace, scope and resource are the test's, their
-parent is the test's span.
+by a small integer that :class:`Recorder` hands out. A test's phases and
+fixture spans travel inside the test's record as :class:`ChildRecord` s
+(:meth:`.spans.LightSpan.carry`): their trace, scope and resource are the test's.
 """
 
 from __future__ import annotations
@@ -31,9 +30,10 @@ _EMPTY: tuple[()] = ()
 
 
 class ChildRecord(NamedTuple):
-    """A span carried in its parent's record: trace, scope and resource are the parent's."""
+    """A span carried in another's record: trace, scope and resource are that one's."""
 
     span_id: int
+    parent_id: int
     name: str
     start: int
     end: int
@@ -143,7 +143,7 @@ class Recorder:
         context = span.get_span_context()
         parent = span.parent
         status = span.status
-        phases = getattr(span, "phases", _EMPTY)  # light spans only
+        children = getattr(span, "children", _EMPTY)  # light spans only
         return (
             context.trace_id,
             context.span_id,
@@ -161,7 +161,7 @@ class Recorder:
             status.description or "",
             self._scope(span.instrumentation_scope),
             self._resource_key(span.resource),
-            [_child(phase) for phase in phases] if phases else _EMPTY,
+            [_child(child) for child in children] if children else _EMPTY,
         )
 
 
@@ -189,11 +189,12 @@ def _links(links: Any) -> Any:
     ]
 
 
-def _child(phase: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A :class:`ChildRecord` tuple of a phase as :meth:`.spans.PhaseSpan.end` kept it."""
-    span_id, name, start, end, attributes, events, links, status = phase
+def _child(child: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A :class:`ChildRecord` tuple of a span as :meth:`.spans.LightSpan.carry` kept it."""
+    span_id, parent_id, name, start, end, attributes, events, links, status = child
     return (
         span_id,
+        parent_id,
         name,
         start,
         end,

@@ -16,7 +16,9 @@ asks the provider's sampler (``OTEL_TRACES_SAMPLER``); children follow
 their parent.
 
 A test's phases are cheaper still (:class:`PhaseSpan`): one object for the
-three of them, and each ended phase travels in its test's record.
+three of them. Phases and fixture spans that end while their test's span
+records travel in the test's record (:attr:`LightSpan.children`): one
+record, one hand-over to the span process, a test.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ class LightSpan(trace.Span):
     """A recording span that is only a record: see the module docstring."""
 
     kind = SpanKind.INTERNAL
-    #: Phases of this (test) span that have ended, as :meth:`PhaseSpan.end` keeps
-    #: them; they leave pytest's process in this span's record. Most spans have none.
-    phases: list[tuple[Any, ...]] | tuple[()] = ()
+    #: The span (a test's) whose record takes this one if it ends while that one
+    #: records: a phase, a fixture. None: this span is recorded on its own.
+    carrier: LightSpan | None = None
+    #: The ended spans this one carries (:meth:`carry`), in the order they ended.
+    children: list[tuple[Any, ...]] | tuple[()] = ()
 
     def __init__(
         self,
@@ -127,7 +131,34 @@ class LightSpan(trace.Span):
     def end(self, end_time: int | None = None) -> None:
         if self.end_time is None:
             self.end_time = end_time or time.time_ns()
-            self._sink(self)
+            carrier = self.carrier
+            if carrier is not None and carrier.end_time is None:
+                carrier.carry(self)
+            else:
+                self._sink(self)
+
+    def own_span_id(self) -> int:
+        return self._context.span_id
+
+    def carry(self, child: LightSpan) -> None:
+        """Keep ``child``, just ended, for this span's record: a
+        :class:`~.span_records.ChildRecord` made of it on the drain thread."""
+        if not self.children:
+            self.children = []
+        parent = child.parent
+        self.children.append(
+            (
+                child.own_span_id(),
+                parent.span_id if parent is not None else 0,
+                child.name,
+                child.start_time,
+                child.end_time,
+                child.attributes,
+                child.events,
+                child.links,
+                child.status,
+            )
+        )
 
 
 class PhaseSpan(LightSpan):
@@ -142,13 +173,15 @@ class PhaseSpan(LightSpan):
     them out of pytest's process. Whatever asks for the current span during a
     phase -- log events, fixture spans, HTTP client spans, the suite's
     ``trace.get_current_span()`` -- gets that phase; the span context of a
-    phase is only made when something asks for it. (A reference kept from
-    one phase and used in a later one acts on the later phase.)
+    phase is only made when something asks for it. An ended phase goes with
+    the test's record (:meth:`LightSpan.carry`), or alone if the test's span
+    ended first (an interrupt on another thread). (A reference kept from one
+    phase and used in a later one acts on the later phase.)
     """
 
     def __init__(self, test: LightSpan, name: str, new_span_id: Callable[[], int]) -> None:
         # Not LightSpan.__init__: the context is made lazily, the rest comes from the test.
-        self._test = test
+        self.carrier = test  # ended phases go with the test's record
         self._new_span_id = new_span_id
         self._test_context = self.parent = test.get_span_context()
         self.links = ()
@@ -177,30 +210,8 @@ class PhaseSpan(LightSpan):
             )
         return context
 
-    def end(self, end_time: int | None = None) -> None:
-        """End the current phase: it leaves with its test's record -- or alone, if the
-        test's span has already ended (an interrupt on another thread)."""
-        if self.end_time is not None:
-            return
-        self.end_time = end_time or time.time_ns()
-        test = self._test
-        if test.end_time is not None:
-            self._sink(self)
-            return
-        if not test.phases:
-            test.phases = []
-        test.phases.append(
-            (
-                self.span_id,
-                self.name,
-                self.start_time,
-                self.end_time,
-                self.attributes,
-                self.events,
-                self.links,
-                self.status,
-            )
-        )
+    def own_span_id(self) -> int:
+        return self.span_id
 
 
 def settle(span: trace.Span, name: str, start_time: int) -> None:
@@ -257,6 +268,16 @@ class LightTracer:
             parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags
         )
         return self._span(name, context, parent, attributes, links)
+
+    def start_carried(
+        self, name: str, current: trace.Span, attributes: dict[str, Any] | None = None
+    ) -> trace.Span:
+        """A child of ``current`` (the current span) that ends within it -- a fixture's
+        setup: carried in the record of ``current``'s test when that is a span of ours."""
+        span = self.start_child(name, current.get_span_context(), attributes)
+        if isinstance(current, LightSpan) and type(span) is LightSpan:
+            span.carrier = current.carrier or current
+        return span
 
     def start_phases(self, test: trace.Span) -> PhaseSpan | None:
         """The ``setup`` phase of ``test`` (a span of this tracer); None when the test's

@@ -233,19 +233,13 @@ class RunTracer:
         with contextlib.suppress(Exception):
             otel_context.detach(test.token)  # type: ignore[arg-type]
 
-    def child_span(
-        self,
-        name: str,
-        attributes: dict[str, Any] | None = None,
-        parent: SpanContext | None = None,
-    ) -> trace.Span:
-        """A span of ours (phase, fixture) under ``parent`` (default: the current span),
-        not yet current itself."""
-        if parent is None:
-            parent = trace.get_current_span().get_span_context()
-        if self._light is None or not parent.is_valid:
-            return NonRecordingSpan(parent)
-        return self._light.start_child(name, parent, attributes)
+    def child_span(self, name: str, attributes: dict[str, Any] | None = None) -> trace.Span:
+        """A span of ours (a fixture's) under the current span, not yet current itself;
+        it goes with its test's record when it ends within the test."""
+        current = trace.get_current_span()
+        if self._light is None or not current.get_span_context().is_valid:
+            return NonRecordingSpan(current.get_span_context())
+        return self._light.start_carried(name, current, attributes)
 
     def start_phases(self, test_span: trace.Span) -> trace.Span | None:
         """The span of the test's phases (:class:`~.spans.PhaseSpan`), in its ``setup``
