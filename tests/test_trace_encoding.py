@@ -268,6 +268,27 @@ def test_phases_and_fixtures_in_their_tests_record_encode_as_the_sdk_encodes_the
     assert json.loads(line) == json.loads(reference.read_text())
 
 
+def test_links_without_attributes_are_encoded_once_and_stay_their_own() -> None:
+    """Every test's span links to its session's: that link is encoded once a run, and two
+    runs' sessions still give each span its own link."""
+    from pytest_taskctl.telemetry.spans import LightTracer
+    from pytest_taskctl.telemetry.traceid import ID_GENERATOR
+
+    finished: list[Any] = []
+    light = LightTracer(TracerProvider(), ID_GENERATOR, finished.append)
+    sessions = [light.start_root(f"session {n}", {}) for n in range(2)]
+    for session in sessions * 2:
+        light.start_root("test", {}, (Link(session.get_span_context()),)).end()
+    for _ in range(2):  # the second time from the cache
+        line, payload = encode_request(*records_of(finished))
+        pb_spans = ExportTraceServiceRequest.FromString(payload).resource_spans[0]
+        js_spans = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        linked = [span.links[0].span_id for span in pb_spans.scope_spans[0].spans]
+        expected = [s.get_span_context().span_id.to_bytes(8, "big") for s in sessions * 2]
+        assert linked == expected
+        assert [s["links"][0]["spanId"] for s in js_spans] == [x.hex() for x in expected]
+
+
 def test_sampler_off_records_no_light_spans() -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 

@@ -58,7 +58,7 @@ _SMALL = tuple(bytes((n,)) for n in range(128))
 _TAGS = (b"",) + tuple(bytes((field << 3 | 2,)) for field in range(1, 16))
 
 
-def _field(field: int, payload: bytes) -> bytes:
+def _field(field: int, payload: bytes | bytearray) -> bytes:
     """A length-delimited field (strings, bytes, messages)."""
     size = len(payload)
     return _TAGS[field] + (_SMALL[size] if size < 128 else _varint(size)) + payload
@@ -85,27 +85,42 @@ def _any_value(value: Any) -> tuple[str, bytes]:
     return _any_value(str(value))
 
 
-#: Encoded ``KeyValue`` of recurring scalar attributes (run id, file path, fixture
-#: scope...): most attributes of a run repeat. Cleared when it grows past the limit.
-_KEY_VALUES: dict[tuple[str, type, object], tuple[str, bytes]] = {}
+#: Span names as (JSON string literal, protobuf field 5): phase and fixture names recur.
+_NAMES: dict[str, tuple[str, bytes]] = {}
+_NAMES_LIMIT = 4096
+
+
+def _name(name: str) -> tuple[str, bytes]:
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        encoded = (_json_string(name), _field(5, name.encode()))
+        if len(_NAMES) < _NAMES_LIMIT:  # test names do not recur: the first ones stay
+            _NAMES[name] = encoded
+    return encoded
+
+
+#: Encoded ``KeyValue`` fields of recurring scalar attributes (run id, file path,
+#: fixture scope...): most attributes of a run repeat. Cleared when it grows past the limit.
+_KEY_VALUES: dict[tuple[str, type, object, int], tuple[str, bytes]] = {}
 _KEY_VALUES_LIMIT = 20_000
 
 
-def _key_value(key: str, value: Any) -> tuple[str, bytes]:
+def _key_value(key: str, value: Any, field: int) -> tuple[str, bytes]:
+    """One attribute: (JSON ``KeyValue`` object, protobuf ``KeyValue`` as ``field``)."""
     cacheable = isinstance(value, (str, int, float))  # bool is an int; type in the key
     if cacheable:
-        cached = _KEY_VALUES.get((key, type(value), value))
+        cached = _KEY_VALUES.get((key, type(value), value, field))
         if cached is not None:
             return cached
     js, pb = _any_value(value)
     encoded = (
         '{"key":' + _json_string(key) + ',"value":' + js + "}",
-        _field(1, key.encode()) + _field(2, pb),
+        _field(field, _field(1, key.encode()) + _field(2, pb)),
     )
     if cacheable:
         if len(_KEY_VALUES) >= _KEY_VALUES_LIMIT:
             _KEY_VALUES.clear()
-        _KEY_VALUES[(key, type(value), value)] = encoded
+        _KEY_VALUES[(key, type(value), value, field)] = encoded
     return encoded
 
 
@@ -114,18 +129,55 @@ def _attributes(attributes: Mapping[str, Any] | None, field: int) -> tuple[str, 
     if not attributes:
         return "", b""
     out_json = []
-    out_pb = bytearray()
+    out_pb = []
     for key, value in attributes.items():
-        js, pb = _key_value(key, value)
+        js, pb = _key_value(key, value, field)
         out_json.append(js)
-        out_pb += _field(field, pb)
-    return "[" + ",".join(out_json) + "]", bytes(out_pb)
+        out_pb.append(pb)
+    return "[" + ",".join(out_json) + "]", b"".join(out_pb)
+
+
+#: Encoded links without attributes: every test's span links to its session's.
+_LINKS: dict[tuple[tuple[int, int, bool], ...], tuple[str, bytes]] = {}
+_LINKS_LIMIT = 256
+
+
+def _links(links: Sequence[tuple[int, int, bool, Mapping[str, Any]]]) -> tuple[str, bytes]:
+    """A span's links: (``,"links":[...]`` JSON text, its repeated protobuf field 13)."""
+    plain: tuple[tuple[int, int, bool], ...] = ()
+    for link_trace, link_span, remote, attributes in links:
+        if attributes:
+            break
+        plain += ((link_trace, link_span, remote),)
+    key = plain if len(plain) == len(links) else None
+    cached = _LINKS.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    parts = []
+    pb = b""
+    for link_trace, link_span, remote, attributes in links:
+        attributes_js, attributes_pb = _attributes(attributes, 4)
+        flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
+        link_js = f'{{"traceId":"{link_trace:032x}","spanId":"{link_span:016x}"'
+        if attributes_js:
+            link_js += ',"attributes":' + attributes_js
+        parts.append(f'{link_js},"flags":{flags}}}')
+        body = (
+            _field(1, link_trace.to_bytes(16, "big"))
+            + _field(2, link_span.to_bytes(8, "big"))
+            + attributes_pb
+        )
+        pb += _field(13, body + b"\x35" + _FIXED32(flags))
+    encoded = ',"links":[' + ",".join(parts) + "]", pb
+    if key is not None and len(_LINKS) < _LINKS_LIMIT:
+        _LINKS[key] = encoded
+    return encoded
 
 
 def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, bytes]]:
-    """A record's spans as OTLP ``Span`` s: (JSON object text, protobuf bytes or ``b""``)
-    each -- the children carried in the record (a test's phases and fixtures) first, as
-    they ended.
+    """A record's spans as OTLP ``Span`` s: (JSON object text, protobuf ``Span`` as field
+    2 of its ``ScopeSpans``, or ``b""``) each -- the children carried in the record (a
+    test's phases and fixtures) first, as they ended.
 
     The JSON is written as text: ids, numbers and cached attributes need no
     escaping, and building dicts for :func:`json.dumps` cost as much as the
@@ -133,7 +185,7 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, byte
     half, ~40% of the work, is skipped.
     """
     trace_id = span.trace_id.to_bytes(16, "big")
-    trace = (trace_id, trace_id.hex(), span.trace_state)
+    trace = (b"\x0a\x10" + trace_id + b"\x12\x08", trace_id.hex(), span.trace_state)
     out = []
     for (
         child_id,
@@ -203,15 +255,17 @@ def _encode(
     message: str,
     protobuf: bool,
 ) -> tuple[str, bytes]:
-    """One span; ``trace``: its trace id as bytes and hex, and its trace state."""
-    trace_id, trace_hex, state = trace
+    """One span; ``trace``: the protobuf fields of its trace id up to its span id's value
+    (tags and length included), its trace id in hex, and its trace state."""
+    trace_pb, trace_hex, state = trace
     span_id = span_id_value.to_bytes(8, "big")
     flags = HAS_IS_REMOTE | (IS_REMOTE if parent_remote else 0)
     kind = api_kind + 1  # the API's INTERNAL is 0, OTLP's SPAN_KIND_INTERNAL is 1
-    attributes_json, attributes_pb = _attributes(attributes, 9)
+    name_json, name_pb = _name(name)
+    attributes_json, attributes_pb = _attributes(attributes, 9) if attributes else ("", b"")
     # Each encoded once, for both halves.
     event_attributes = [_attributes(a, 3) for _, a, _ in events] if events else ()
-    link_attributes = [_attributes(link[3], 4) for link in links] if links else ()
+    links_json, links_pb = _links(links) if links else ("", b"")
 
     js = f'{{"traceId":"{trace_hex}","spanId":"{span_id.hex()}"'
     if state:
@@ -219,7 +273,7 @@ def _encode(
     if parent_id is not None:
         js += f',"parentSpanId":"{parent_id.hex()}"'
     js += (
-        f',"flags":{flags},"name":{_json_string(name)},"kind":{kind},'
+        f',"flags":{flags},"name":{name_json},"kind":{kind},'
         f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"'
     )
     if attributes_json:
@@ -234,17 +288,7 @@ def _encode(
                 event_js += ',"attributes":' + event_js_attributes
             parts.append(event_js + "}")
         js += ',"events":[' + ",".join(parts) + "]"
-    if links:
-        parts = []
-        for (link_trace, link_span, remote, _), (link_attributes_js, _) in zip(
-            links, link_attributes, strict=True
-        ):
-            link_flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
-            link_js = f'{{"traceId":"{link_trace:032x}","spanId":"{link_span:016x}"'
-            if link_attributes_js:
-                link_js += ',"attributes":' + link_attributes_js
-            parts.append(f'{link_js},"flags":{link_flags}}}')
-        js += ',"links":[' + ",".join(parts) + "]"
+    js += links_json
     if message:
         code_js = f',"code":{code}' if code else ""
         js += f',"status":{{"message":{_json_string(message)}{code_js}}}}}'
@@ -256,27 +300,20 @@ def _encode(
         return js, b""
 
     # Fixed-size fields written with their tags: trace id (1), span id (2), parent (4).
-    pb = bytearray(b"\x0a\x10" + trace_id + b"\x12\x08" + span_id)
+    pb = bytearray(trace_pb)
+    pb += span_id
     if state:
         pb += _field(3, state.encode())
     if parent_id is not None:
-        pb += b"\x22\x08" + parent_id
-    pb += _field(5, name.encode())
+        pb += b"\x22\x08"
+        pb += parent_id
+    pb += name_pb
     pb += _KIND_START_END(0x30, kind, 0x39, start, 0x41, end)  # kind < 128: one byte
     pb += attributes_pb
     for (event_name, _, timestamp), (_, event_pb) in zip(events, event_attributes, strict=True):
         body = b"\x09" + _FIXED64(timestamp) + _field(2, event_name.encode())
         pb += _field(11, body + event_pb)
-    for (link_trace, link_span, remote, _), (_, link_pb) in zip(
-        links, link_attributes, strict=True
-    ):
-        link_flags = HAS_IS_REMOTE | (IS_REMOTE if remote else 0)
-        body = (
-            _field(1, link_trace.to_bytes(16, "big"))
-            + _field(2, link_span.to_bytes(8, "big"))
-            + link_pb
-        )
-        pb += _field(13, body + b"\x35" + _FIXED32(link_flags))
+    pb += links_pb
     if message or code:
         status_pb = _field(2, message.encode()) if message else b""
         if code:
@@ -285,7 +322,7 @@ def _encode(
     else:
         pb += b"\x7a\x00"  # an empty status, as the SDK writes it
     pb += _FLAGS[flags]
-    return js, bytes(pb)
+    return js, _field(2, pb)  # as a field of its ScopeSpans
 
 
 def encode_request(
@@ -325,8 +362,8 @@ def encode_request(
                     scope_js.append('"version":' + _json_string(version))
                     scope_pb += _field(2, version.encode())
             entry = '{"scope":{' + ",".join(scope_js) + '},"spans":['
-            entry += ",".join(js for js, _ in encoded) + "]"
-            body = _field(1, scope_pb) + b"".join(_field(2, pb) for _, pb in encoded)
+            entry += ",".join([js for js, _ in encoded]) + "]"
+            body = _field(1, scope_pb) + b"".join([pb for _, pb in encoded])
             if scope and scope[2]:
                 entry += ',"schemaUrl":' + _json_string(scope[2])
                 body += _field(3, scope[2].encode())
