@@ -1,12 +1,13 @@
 """The live-pause plugin: hooks, fixtures and :func:`checkpoint`; the work is in :mod:`.service`.
 
 :func:`checkpoint` finds the running test through a context variable the
-plugin sets around each test's protocol, so test code needs no fixture.
+plugin sets while each test's protocol runs, so test code needs no fixture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import threading
+from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,8 @@ def make_plugin(config: pytest.Config, run: TaskRun) -> object | None:
     """The plugin object to register for this run, or ``None``."""
     service = config.stash[SERVICE_KEY] = LivePauses(config, run)
     plugin = LivePausePlugin(service)
+    run.start_observers.append(plugin.test_started)
+    run.end_observers.append(plugin.test_ended)
     if config.option.pause_on_failure:
         run.report_observers.append(plugin.pause_on_failure)
     return plugin
@@ -73,13 +76,17 @@ class LivePausePlugin:
 
     def __init__(self, service: LivePauses) -> None:
         self.service = service
+        #: The running test's token of ``_ACTIVE_ITEM``, per thread (``--thread``).
+        self._tokens: dict[int, Token[pytest.Item | None]] = {}
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        token = _ACTIVE_ITEM.set(item)
-        try:
-            return (yield)
-        finally:
+    def test_started(self, item: pytest.Item, test: object) -> None:
+        """``checkpoint()`` finds the running test (a start observer of the run: a
+        protocol wrapper of its own cost more than the rest of this plugin's per-test work)."""
+        self._tokens[threading.get_ident()] = _ACTIVE_ITEM.set(item)
+
+    def test_ended(self, item: pytest.Item) -> None:
+        token = self._tokens.pop(threading.get_ident(), None)
+        if token is not None:
             _ACTIVE_ITEM.reset(token)
 
     def pause_on_failure(
