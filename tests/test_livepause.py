@@ -405,6 +405,30 @@ def test_bad_pause_timeout_is_a_usage_error(ptr: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--pause-timeout: not a number of seconds: 'soon'*"])
 
 
+def test_a_pause_just_written_is_read_back_after_etcd_restarts(
+    etcd_factory: Any, prefix: str
+) -> None:
+    """The window the restart test below hits only under load, made certain: etcd goes
+    down between the pause's write and its read back; the read waits for it (the pause
+    went on instead of being given up)."""
+    from pytest_taskctl.features.livepause.service import _read_back
+
+    server = etcd_factory()
+    with StateStore(server.endpoint, prefix) as store:
+        key = f"{prefix}/runs/bumpy/pauses/p1"
+        store.gateway.txn([put_op(key, "pending")])
+        server.kill()
+        back = threading.Timer(0.5, server.start)
+        back.start()
+        try:
+            started = time.monotonic()
+            read = _read_back(store.gateway, key)
+        finally:
+            back.join()
+        assert read.as_dict() == {key: b"pending"}
+        assert time.monotonic() - started >= 0.4, "it was read after the restart"
+
+
 def test_a_pause_survives_an_etcd_restart(tmp_path: Path, etcd_factory: Any, prefix: str) -> None:
     server = etcd_factory()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTEST_"))}

@@ -27,6 +27,7 @@ import pytest
 from opentelemetry import trace
 
 from ...control import CANCEL_REASON
+from ...etcd.endpoints import is_connection_failure
 from ...etcd.gateway import EtcdGateway, RangeResult, key_missing, mod_revision_equals, put_op
 from ...etcd.lease import Lease
 from ...etcd.watch import WatchedRange
@@ -47,6 +48,8 @@ PAUSE_LEASE_TTL = 10
 #: How often a waiting pause tries to replace a lease that expired during an etcd outage.
 RENEW_RETRY = 1.0
 MAX_FAILURE_TEXT = 16_000
+#: How long a pause just written waits for etcd to answer the read that follows.
+READ_BACK_DEADLINE = 10.0
 
 
 @dataclass(slots=True)
@@ -159,7 +162,7 @@ class LivePauses:
             record["lease"] = lease.id
             if not gateway.txn([put_op(key, json.dumps(record))], [key_missing(key)]):
                 raise RuntimeError(f"pause id {pause_id} already taken")
-            initial = gateway.range(key)
+            initial = _read_back(gateway, key)
         except Exception as exc:
             if lease is not None:
                 lease.revoke()
@@ -345,3 +348,22 @@ class LivePauses:
                 f"taskctl: live pause {decision.pause_id} {decision.outcome} after {waited:.1f} s"
                 + (f": {details}" if details else "")
             )
+
+
+def _read_back(gateway: EtcdGateway, key: str) -> RangeResult:
+    """The pause's record as etcd has it, just written.
+
+    The record is already there for a person to see (and kept by its lease):
+    etcd restarting right after the write must not make the test give up the
+    pause, so a lost connection is retried for :data:`READ_BACK_DEADLINE`.
+    """
+    deadline = time.monotonic() + READ_BACK_DEADLINE
+    delay = 0.05
+    while True:
+        try:
+            return gateway.range(key)
+        except Exception as exc:
+            if not is_connection_failure(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
