@@ -45,12 +45,8 @@ def test_a_run_encodes_its_spans_in_a_process_that_ends_with_it(ptr: pytest.Pyte
         import os, time
         from tests_helper import span_processes_of
 
-        def test_first():
-            pass
-
         def test_a_span_process_runs_beside_the_tests():
-            # Started with the first spans that leave while the run goes on: those of
-            # test_first, at the pipeline's next hand-over (0.5 s).
+            # Started with the first spans that leave while the run goes on (0.5 s).
             deadline = time.monotonic() + 5
             while not span_processes_of(os.getpid()):
                 assert time.monotonic() < deadline, "no span process"
@@ -59,7 +55,7 @@ def test_a_run_encodes_its_spans_in_a_process_that_ends_with_it(ptr: pytest.Pyte
         """,
         tests_helper=f"from {__name__} import span_processes_of\n",
     )
-    ptr.runpytest("--run-id", "spanproc-1").assert_outcomes(passed=2)
+    ptr.runpytest("--run-id", "spanproc-1").assert_outcomes(passed=1)
     assert span_processes_of(os.getpid()) == []
     names = [s["name"] for s in read_spans(ptr.path / "logs" / "spanproc-1" / "traces.jsonl")]
     assert "test_alive.py::test_a_span_process_runs_beside_the_tests" in names

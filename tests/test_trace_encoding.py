@@ -143,6 +143,70 @@ def test_spans_of_finished_tests_are_in_the_file_while_the_run_goes_on(
     ptr.runpytest("--run-id", "live-1").assert_outcomes(passed=2)
 
 
+RUNNING_TEST_SUITE = """
+import json, time
+from pathlib import Path
+import pytest
+
+@pytest.fixture
+def database():
+    return "ready"
+
+def test_long(database):
+    path = Path("logs/live-2/traces.jsonl")
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        names = [s["name"] for line in path.read_text().splitlines()
+                 for r in json.loads(line)["resourceSpans"]
+                 for ss in r["scopeSpans"] for s in ss["spans"]]
+        if "setup" in names and "fixture database" in names:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"setup and fixture spans of the running test not in the file: {names}")
+"""
+
+
+def test_a_running_tests_setup_and_fixtures_are_in_the_file_before_it_ends(
+    ptr: pytest.Pytester,
+) -> None:
+    """A long test (or one held by a live pause) shows where it got to: its ended phases
+    and fixtures leave at the pipeline's next hand-over, not with the test's own span."""
+    ptr.makepyfile(test_running=RUNNING_TEST_SUITE)
+    ptr.runpytest("--run-id", "live-2").assert_outcomes(passed=1)
+    spans = read_spans(ptr.path / "logs" / "live-2" / "traces.jsonl")
+    names = [span["name"] for span in spans]
+    for name in ("setup", "fixture database", "call", "teardown"):
+        assert names.count(name) == 1, f"{name} once, not again with the test's record"
+    test_span = next(span for span in spans if span["name"].endswith("test_long"))
+    setup = next(span for span in spans if span["name"] == "setup")
+    assert setup["parentSpanId"] == test_span["spanId"]
+
+
+def test_requests_hold_at_most_max_batch_spans_whatever_records_carry(tmp_path: Path) -> None:
+    from pytest_taskctl.telemetry.span_writer import MAX_BATCH
+    from pytest_taskctl.telemetry.spans import LightTracer
+    from pytest_taskctl.telemetry.traceid import ID_GENERATOR
+
+    pipeline = SpanPipeline(tmp_path / "traces.jsonl", None)
+    light = LightTracer(TracerProvider(), ID_GENERATOR, pipeline.on_end)
+    for _ in range(300):  # 300 records of four spans each
+        test = light.start_root("t", {})
+        phase = light.start_phases(test)
+        assert phase is not None
+        for following in ("call", "teardown", None):
+            phase.end()
+            if following:
+                phase.next_phase(following)
+        test.end()
+    pipeline.shutdown()
+    lines = (tmp_path / "traces.jsonl").read_text().splitlines()
+    sizes = [
+        sum(len(ss["spans"]) for r in json.loads(line)["resourceSpans"] for ss in r["scopeSpans"])
+        for line in lines
+    ]
+    assert sum(sizes) == 1200 and max(sizes) <= MAX_BATCH and len(sizes) >= 3
+
+
 def test_light_spans_encode_as_the_sdk_would(tmp_path: Path) -> None:
     """The plugin's own spans (not SDK spans) give the same protobuf and JSON shape."""
     from pytest_taskctl.telemetry.spans import LightTracer
@@ -266,6 +330,33 @@ def test_phases_and_fixtures_in_their_tests_record_encode_as_the_sdk_encodes_the
     exporter.export(sdk_spans)
     exporter.shutdown()
     assert json.loads(line) == json.loads(reference.read_text())
+
+
+def test_a_phase_span_is_a_whole_span_and_each_phase_starts_clean() -> None:
+    from pytest_taskctl.telemetry.spans import LightTracer
+    from pytest_taskctl.telemetry.traceid import ID_GENERATOR
+
+    light = LightTracer(TracerProvider(), ID_GENERATOR, [].append)
+    test = light.start_root("t", {})
+    phase = light.start_phases(test)
+    assert phase is not None
+    # Its own __init__ skips LightSpan's: every field a light span has, it has too
+    # (its context is made lazily under another name).
+    assert set(vars(test)) - {"_context"} <= set(vars(phase))
+    phase.add_link(test.get_span_context())
+    phase.set_attribute("db", "fresh")
+    phase.end()
+    phase.add_event("too late")  # after its end: ignored, as the SDK does
+    phase.set_attribute("also", "late")
+    phase.next_phase("call")
+    assert (phase.links, phase.attributes, phase.events) == ((), {}, ())
+    phase.end()
+    test.end()
+    test.set_attribute("late", 1)
+    (_, _, _, _, _, setup_attributes, setup_events, setup_links, _), call = test.children
+    assert setup_attributes == {"db": "fresh"} and setup_events == () and len(setup_links) == 1
+    assert call[7] == (), "a link of setup is not on call"
+    assert "late" not in test.attributes
 
 
 def test_links_without_attributes_are_encoded_once_and_stay_their_own() -> None:

@@ -94,20 +94,24 @@ def _name(name: str) -> tuple[str, bytes]:
     encoded = _NAMES.get(name)
     if encoded is None:
         encoded = (_json_string(name), _field(5, name.encode()))
-        if len(_NAMES) < _NAMES_LIMIT:  # test names do not recur: the first ones stay
-            _NAMES[name] = encoded
+        if len(_NAMES) >= _NAMES_LIMIT:  # test names do not recur: start again
+            _NAMES.clear()
+        _NAMES[name] = encoded
     return encoded
 
 
 #: Encoded ``KeyValue`` fields of recurring scalar attributes (run id, file path,
-#: fixture scope...): most attributes of a run repeat. Cleared when it grows past the limit.
+#: fixture scope...): most attributes of a run repeat. Cleared when it grows past the
+#: limit. Not floats (``-0.0 == 0.0``, NaN is not equal to itself) nor long strings
+#: (stack traces, log messages: they do not recur, and would hold memory).
 _KEY_VALUES: dict[tuple[str, type, object, int], tuple[str, bytes]] = {}
 _KEY_VALUES_LIMIT = 20_000
 
 
 def _key_value(key: str, value: Any, field: int) -> tuple[str, bytes]:
     """One attribute: (JSON ``KeyValue`` object, protobuf ``KeyValue`` as ``field``)."""
-    cacheable = isinstance(value, (str, int, float))  # bool is an int; type in the key
+    # bool is an int: the type is in the key, so True, 1 and "1" stay apart.
+    cacheable = isinstance(value, int) or (isinstance(value, str) and len(value) <= 256)
     if cacheable:
         cached = _KEY_VALUES.get((key, type(value), value, field))
         if cached is not None:
@@ -203,7 +207,7 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, byte
             _encode(
                 trace,
                 child_id,
-                parent.to_bytes(8, "big"),
+                parent.to_bytes(8, "big") if parent else None,
                 False,
                 name,
                 0,

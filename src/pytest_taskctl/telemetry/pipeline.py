@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,16 @@ def start_sink(
 class SpanPipeline(SpanProcessor):
     """A span processor that hands finished spans to the span process."""
 
-    def __init__(self, path: Path | None, otlp: SignalExport | None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        otlp: SignalExport | None,
+        running: Callable[[], list[Any]] = list,
+    ) -> None:
         self._spans: collections.deque[ReadableSpan] = collections.deque()
+        #: The spans of the tests running now: the phases and fixtures they carry so far
+        #: leave at each drain too (a long or paused test shows them in the trace).
+        self._running = running
         #: OTel log records (:mod:`.log_forwarding`), when OTLP logs are on.
         self._logs: collections.deque[tuple[Any, ...]] = collections.deque()
         self._recorder = Recorder()
@@ -108,18 +116,19 @@ class SpanPipeline(SpanProcessor):
                 logs = self._logs
                 self._sink.write_logs([logs.popleft() for _ in range(len(logs))])
             spans = self._spans
-            if self._sink is None and (spans or final):
+            record = self._recorder.record
+            records = [record(spans.popleft()) for _ in range(len(spans))]
+            for test in self._running():
+                records += self._recorder.record_running(test)
+            if not records:
+                return
+            if self._sink is None:
                 # The last drain of a short run: its spans are written here, at once.
                 self._sink = (
                     SpanWriter(self._path, None)
                     if final
                     else start_sink(self._path, None, self._environ)
                 )
-            if not spans:
-                return
-            assert self._sink is not None
-            record = self._recorder.record
-            records = [record(spans.popleft()) for _ in range(len(spans))]
             resources, self._recorder.new_resources = self._recorder.new_resources, {}
             self._sink.write(resources, records)
 

@@ -30,7 +30,10 @@ _EMPTY: tuple[()] = ()
 
 
 class ChildRecord(NamedTuple):
-    """A span carried in another's record: trace, scope and resource are that one's."""
+    """A span carried in another's record: trace, scope and resource are that one's.
+
+    The layout of the plain tuples in :attr:`SpanRecord.children` (the encoder reads
+    them by position; nothing builds this class on the way)."""
 
     span_id: int
     parent_id: int
@@ -109,9 +112,9 @@ def plain_attributes(attributes: Mapping[str, Any] | None, maps: bool = False) -
 class Recorder:
     """Turns finished spans (SDK or light) into records; one per span pipeline.
 
-    Runs on the drain thread for every span (four or more a test), so what
-    repeats is looked up once: a scope's tuple, a resource's key, an enum's
-    number.
+    Runs on the drain thread for every record (one a test, its phases and
+    fixtures inside), so what repeats is looked up once: a scope's tuple, a
+    resource's key, an enum's number.
     """
 
     def __init__(self) -> None:
@@ -144,6 +147,8 @@ class Recorder:
         parent = span.parent
         status = span.status
         children = getattr(span, "children", _EMPTY)  # light spans only
+        if children:
+            children = [_child(child) for child in children[span.children_sent :]]
         return (
             context.trace_id,
             context.span_id,
@@ -161,8 +166,33 @@ class Recorder:
             status.description or "",
             self._scope(span.instrumentation_scope),
             self._resource_key(span.resource),
-            [_child(child) for child in children] if children else _EMPTY,
+            children or _EMPTY,
         )
+
+    def record_running(self, span: Any) -> list[tuple[Any, ...]]:
+        """Records of the spans a running test's span carries so far (its ended phases
+        and fixtures), each on its own; the test's own record will not repeat them.
+
+        Drain thread only: the test's thread only appends to ``children``, so what is
+        below their length now is complete.
+        """
+        children = getattr(span, "children", _EMPTY)
+        ended, sent = len(children), getattr(span, "children_sent", 0)
+        if ended <= sent:
+            return []
+        span.children_sent = ended
+        context = span.get_span_context()
+        state = context.trace_state.to_header() if context.trace_state else ""
+        scope = self._scope(span.instrumentation_scope)
+        resource = self._resource_key(span.resource)
+        records = []
+        for child in map(_child, children[sent:ended]):
+            span_id, parent_id, name, start, end, attributes, events, links, code, message = child
+            records.append(
+                (context.trace_id, span_id, state, parent_id, False, name, _KIND[SpanKind.INTERNAL],
+                 start, end, attributes, events, links, code, message, scope, resource, _EMPTY)
+            )  # fmt: skip
+        return records
 
 
 def _attributes(attributes: Any) -> Any:

@@ -17,7 +17,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,11 +28,28 @@ from .export import SignalExport
 from .log_forwarding import LogExport
 from .span_records import ResourceRecord, SpanRecord
 
-#: Records per request (a test's record carries its phases: four spans): keeps a
+#: Spans per request (a test's record carries its phases and fixtures): keeps a
 #: request well under collectors' 4 MiB default limit.
 MAX_BATCH = 512
 #: Encoded requests waiting for a slow collector before new ones are dropped.
 MAX_PENDING_REQUESTS = 256
+
+
+def _batches(records: Sequence[Sequence[Any]]) -> Iterator[tuple[list[SpanRecord], int]]:
+    """``records`` as requests of at most :data:`MAX_BATCH` spans (a record with more
+    children goes alone), with the number of spans in each."""
+    batch: list[SpanRecord] = []
+    spans = 0
+    for plain in records:
+        record = SpanRecord._make(plain)
+        size = 1 + len(record.children)
+        if batch and spans + size > MAX_BATCH:
+            yield batch, spans
+            batch, spans = [], 0
+        batch.append(record)
+        spans += size
+    if batch:
+        yield batch, spans
 
 
 class EncodedSpans:
@@ -133,13 +150,11 @@ class SpanWriter:
             for key, resource in resources.items():
                 self._resources[key] = ResourceRecord(*resource)
             protobuf = self._sender is not None
-            for first in range(0, len(records), MAX_BATCH):
-                batch = [SpanRecord._make(r) for r in records[first : first + MAX_BATCH]]
+            for batch, spans in _batches(records):
                 line, payload = encode_request(batch, self._resources, protobuf=protobuf)
                 if self._file is not None:
                     self._file.write(line)
                 if self._sender is not None:
-                    spans = len(batch) + sum(len(record.children) for record in batch)
                     self._sender.send(EncodedSpans(payload, spans))
             if self._file is not None:
                 self._file.flush()

@@ -57,6 +57,10 @@ class LightSpan(trace.Span):
     carrier: LightSpan | None = None
     #: The ended spans this one carries (:meth:`carry`), in the order they ended.
     children: list[tuple[Any, ...]] | tuple[()] = ()
+    #: How many of :attr:`children` already left while this span still ran (the
+    #: pipeline hands them over at each drain, so a long or paused test shows its
+    #: setup and fixtures). Only the drain thread reads and writes it.
+    children_sent = 0
 
     def __init__(
         self,
@@ -89,15 +93,22 @@ class LightSpan(trace.Span):
     def is_recording(self) -> bool:
         return self.end_time is None
 
+    # Changes after the end are ignored, as the SDK ignores them: the ended span's
+    # fields may already be on their way to the span process.
+
     def set_attribute(self, key: str, value: Any) -> None:
-        self.attributes[key] = value
+        if self.end_time is None:
+            self.attributes[key] = value
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        self.attributes.update(attributes)
+        if self.end_time is None:
+            self.attributes.update(attributes)
 
     def add_event(
         self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
     ) -> None:
+        if self.end_time is not None:
+            return
         events = self.events
         if not events:
             events = self.events = []
@@ -105,12 +116,16 @@ class LightSpan(trace.Span):
             events.append(LightEvent(name, attributes or {}, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
-        self.links = (*self.links, Link(context, attributes))
+        if self.end_time is None:
+            self.links = (*self.links, Link(context, attributes))
 
     def update_name(self, name: str) -> None:
-        self.name = name
+        if self.end_time is None:
+            self.name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self.end_time is not None:
+            return
         if isinstance(status, StatusCode):
             status = Status(status, description)
         if self.status.status_code is StatusCode.OK:
@@ -180,11 +195,11 @@ class PhaseSpan(LightSpan):
     """
 
     def __init__(self, test: LightSpan, name: str, new_span_id: Callable[[], int]) -> None:
-        # Not LightSpan.__init__: the context is made lazily, the rest comes from the test.
+        # Not LightSpan.__init__: the context is made lazily, the rest comes from the test
+        # or from next_phase (a test checks that no field of LightSpan's is missing).
         self.carrier = test  # ended phases go with the test's record
         self._new_span_id = new_span_id
         self._test_context = self.parent = test.get_span_context()
-        self.links = ()
         self.resource = test.resource
         self.instrumentation_scope = test.instrumentation_scope
         self._sink = test._sink
@@ -197,6 +212,7 @@ class PhaseSpan(LightSpan):
         self._phase_context: SpanContext | None = None
         self.attributes = {}
         self.events = ()
+        self.links = ()
         self.status = UNSET
         self.start_time = time.time_ns()
         self.end_time = None

@@ -84,7 +84,6 @@ class RunTracer:
         per_test_traces: bool = True,
         failures_on_root: bool = False,
         export: ExportConfig,
-        extra_processors: tuple[Any, ...] = (),
     ) -> None:
         self.run_id = run_id
         self.per_test_traces = per_test_traces
@@ -104,9 +103,9 @@ class RunTracer:
         if self.export.sdk_disabled:
             self._tracer: trace.Tracer | None = None
             return
-        self._tracer = self._make_tracer(extra_processors)
+        self._tracer = self._make_tracer()
 
-    def _make_tracer(self, extra_processors: tuple[Any, ...]) -> Any:
+    def _make_tracer(self) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
 
         from .pipeline import SpanPipeline
@@ -115,18 +114,11 @@ class RunTracer:
             resource=make_resource(), shutdown_on_exit=False, id_generator=ID_GENERATOR
         )
         otlp = self.export.traces if self.export.otlp_traces else None
-        self._pipeline = SpanPipeline(self.traces_path, otlp)
-        for processor in (self._pipeline, *extra_processors):
-            provider.add_span_processor(processor)
+        # One dict read under the GIL: a consistent list of the running tests' spans.
+        self._pipeline = SpanPipeline(self.traces_path, otlp, lambda: list(self._running.values()))
+        provider.add_span_processor(self._pipeline)
         self._provider = provider
-        sink = self._pipeline.on_end
-        if extra_processors:  # tests: every span, light or not, to their processors too
-
-            def sink(span: Any) -> None:
-                for processor in (self._pipeline, *extra_processors):
-                    processor.on_end(span)
-
-        self._light = LightTracer(provider, ID_GENERATOR, sink)
+        self._light = LightTracer(provider, ID_GENERATOR, self._pipeline.on_end)
         # The SDK's get_tracer adds a process-wide warnings filter on every call;
         # the suite's filters must stay as the suite set them.
         with warnings.catch_warnings():

@@ -6,7 +6,6 @@ plugin sets while each test's protocol runs, so test code needs no fixture.
 
 from __future__ import annotations
 
-import threading
 from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +19,9 @@ if TYPE_CHECKING:
 
 
 SERVICE_KEY = pytest.StashKey[LivePauses]()
+#: The running test's token of ``_ACTIVE_ITEM`` (a protocol run inside another
+#: one on the same thread restores the outer test when it ends).
+_TOKEN_KEY = pytest.StashKey[Token[pytest.Item | None]]()
 
 
 def checkpoint(task: str, timeout: float | None = None) -> ResumeDecision:
@@ -76,17 +78,16 @@ class LivePausePlugin:
 
     def __init__(self, service: LivePauses) -> None:
         self.service = service
-        #: The running test's token of ``_ACTIVE_ITEM``, per thread (``--thread``).
-        self._tokens: dict[int, Token[pytest.Item | None]] = {}
 
     def test_started(self, item: pytest.Item, test: object) -> None:
         """``checkpoint()`` finds the running test (a start observer of the run: a
         protocol wrapper of its own cost more than the rest of this plugin's per-test work)."""
-        self._tokens[threading.get_ident()] = _ACTIVE_ITEM.set(item)
+        item.stash[_TOKEN_KEY] = _ACTIVE_ITEM.set(item)
 
     def test_ended(self, item: pytest.Item) -> None:
-        token = self._tokens.pop(threading.get_ident(), None)
+        token = item.stash.get(_TOKEN_KEY, None)
         if token is not None:
+            del item.stash[_TOKEN_KEY]
             _ACTIVE_ITEM.reset(token)
 
     def pause_on_failure(
