@@ -6,6 +6,7 @@ plugin sets while each test's protocol runs, so test code needs no fixture.
 
 from __future__ import annotations
 
+import threading
 from contextvars import Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,9 +20,6 @@ if TYPE_CHECKING:
 
 
 SERVICE_KEY = pytest.StashKey[LivePauses]()
-#: The running test's token of ``_ACTIVE_ITEM`` (a protocol run inside another
-#: one on the same thread restores the outer test when it ends).
-_TOKEN_KEY = pytest.StashKey[Token[pytest.Item | None]]()
 
 
 def checkpoint(task: str, timeout: float | None = None) -> ResumeDecision:
@@ -78,17 +76,23 @@ class LivePausePlugin:
 
     def __init__(self, service: LivePauses) -> None:
         self.service = service
+        #: Tokens of ``_ACTIVE_ITEM`` per thread (``--thread``), innermost last: a
+        #: protocol run inside another one restores the outer test when it ends.
+        self._tokens: dict[int, list[Token[pytest.Item | None]]] = {}
 
     def test_started(self, item: pytest.Item, test: object) -> None:
         """``checkpoint()`` finds the running test (a start observer of the run: a
         protocol wrapper of its own cost more than the rest of this plugin's per-test work)."""
-        item.stash[_TOKEN_KEY] = _ACTIVE_ITEM.set(item)
+        token = _ACTIVE_ITEM.set(item)
+        tokens = self._tokens.get(threading.get_ident())
+        if tokens is None:
+            tokens = self._tokens[threading.get_ident()] = []
+        tokens.append(token)
 
     def test_ended(self, item: pytest.Item) -> None:
-        token = item.stash.get(_TOKEN_KEY, None)
-        if token is not None:
-            del item.stash[_TOKEN_KEY]
-            _ACTIVE_ITEM.reset(token)
+        tokens = self._tokens.get(threading.get_ident())
+        if tokens:
+            _ACTIVE_ITEM.reset(tokens.pop())
 
     def pause_on_failure(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport
