@@ -191,36 +191,9 @@ def encode_span(span: SpanRecord, protobuf: bool = True) -> list[tuple[str, byte
     trace_id = span.trace_id.to_bytes(16, "big")
     trace = (b"\x0a\x10" + trace_id + b"\x12\x08", trace_id.hex(), span.trace_state)
     out = []
-    for (
-        child_id,
-        parent,
-        name,
-        start,
-        end,
-        attributes,
-        events,
-        links,
-        code,
-        message,
-    ) in span.children:
-        out.append(
-            _encode(
-                trace,
-                child_id,
-                parent.to_bytes(8, "big") if parent else None,
-                False,
-                name,
-                0,
-                start,
-                end,
-                attributes,
-                events,
-                links,
-                code,
-                message,
-                protobuf,
-            )
-        )
+    for child in span.children:  # (span id, parent id, name, start, end, attributes, ...)
+        parent = child[1].to_bytes(8, "big") if child[1] else None
+        out.append(_encode(trace, child[0], parent, False, child[2], 0, *child[3:], protobuf))
     parent_id = span.parent_id.to_bytes(8, "big") if span.parent_id else None
     out.append(
         _encode(
