@@ -353,6 +353,32 @@ def test_run_leaves_are_the_run_level_keys_and_nothing_else(store: StateStore) -
 # -- watch --------------------------------------------------------------------------
 
 
+def test_watch_takes_a_final_status_that_comes_after_the_lease_went(
+    tmp_path: Path, store: StateStore, taskctl_env: dict[str, str]
+) -> None:
+    """A run revokes its lease right after its final status; the watch may see the
+    lease go first (another watch stream). Made certain here: the lease goes, the
+    final status comes 0.3 s later -- the run ended, it did not die."""
+    keys = seed(store, "ending-1", "RUNNING", started=time.time(), counts=counts(remaining=1))
+    out = tmp_path / "watch.out"
+    with out.open("w") as stdout:
+        watch = subprocess.Popen(
+            [str(TASKCTL), "watch", "ending-1", "--interval", "0"],
+            env=taskctl_env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "ending-1 RUNNING" in out.read_text())
+        store.gateway.delete(keys.lease)
+        time.sleep(0.3)  # the gap between the two events is the point of the test
+        store.set_status("ending-1", "COMPLETED")
+        _, err = watch.communicate(timeout=10)
+    finally:
+        stop_process(watch)
+    assert watch.returncode == 0, err
+    assert "ending-1 COMPLETED" in out.read_text()
+    assert "died" not in err
+
+
 def test_watch_follows_a_real_run_to_its_end(tmp_path: Path, taskctl_env: dict[str, str]) -> None:
     suite = RunningSuite(
         tmp_path / "suite", suite_env(taskctl_env), ["one", "two", "three"], ["one"], "watched-1"

@@ -259,12 +259,18 @@ def cmd_watch(ctx: Context) -> int:
                     display.show(run_record(run_id, view.leaves()))
                     return EXIT_OK
                 record = run_record(run_id, current)
-                display.show(record)
                 if record["process_died"]:
+                    # The lease's key and the status come in on separate watch streams: a
+                    # run that ended revokes its lease right after its final status, which
+                    # may arrive a moment after the lease's deletion.
+                    if view.wait_until(_final, LIVENESS_CHECK):
+                        continue
+                    display.show(record)
                     raise CommandFailed(
                         f"run {run_id} is not running (its process died): pid {record['pid']} "
                         f"on {record['host']} stopped renewing its lease"
                     )
+                display.show(record)
                 if interval:
                     # Coalesce changes for `interval` s, but never hold back the end.
                     view.wait_until(_final, interval)
