@@ -31,13 +31,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .events import is_failure, record_failure
-from .spans import PhaseSpan, settle
+from .spans import PhaseSpan
 
 if TYPE_CHECKING:
     from .tracing import RunningTest
 
 #: The run's ``child_span(name, attributes)`` once the session started, else None.
-SpanSource = Callable[[], "Callable[..., trace.Span] | None"]
+SpanSource = Callable[[], "Callable[[str, dict[str, Any] | None], trace.Span] | None"]
 #: The run's ``start_phases(test_span)`` once the session started, else None.
 PhaseSource = Callable[[], "Callable[[trace.Span], PhaseSpan | None] | None"]
 
@@ -79,7 +79,7 @@ class PhaseSpans:
         span = self._open.get(ident)
         if span is None:
             return  # a phase run again after its test's span ended (a rerun plugin)
-        settle(span, when, int(call.start * 1e9))
+        span.settle(when, int(call.start * 1e9))
         end_time = int(call.stop * 1e9)
         if report.failed and call.excinfo is not None:
             record_failure(span, call.excinfo.value, end_time)

@@ -229,20 +229,17 @@ class PhaseSpan(LightSpan):
     def own_span_id(self) -> int:
         return self.span_id
 
+    def settle(self, name: str, start_time: int) -> None:
+        """Give the phase, begun ahead of its work, its final name and start (ns since
+        the epoch): only its report says which phase ran and when.
 
-def settle(span: trace.Span, name: str, start_time: int) -> None:
-    """Give a span opened ahead of its work its final name and start (ns since the epoch).
-
-    A phase span is opened before pytest says which phase comes next
-    (:mod:`.detail`); until it ends it is only a record, so both can change.
-    An event it got before ``start_time`` (a log line of a report hook between
-    two phases) moves the start back to it: a span's events lie within it.
-    """
-    if isinstance(span, LightSpan):
-        span.name = name
-        if span.events:
-            start_time = min(start_time, *(event.timestamp for event in span.events))
-        span.start_time = start_time
+        An event it got before ``start_time`` (a log line of a report hook between
+        two phases) moves the start back to it: a span's events lie within it.
+        """
+        self.name = name
+        if self.events:
+            start_time = min(start_time, *(event.timestamp for event in self.events))
+        self.start_time = start_time
 
 
 class LightTracer:
