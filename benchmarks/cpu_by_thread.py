@@ -111,7 +111,7 @@ def pytest_runtest_logfinish(nodeid, location):
     main = str(os.getpid())
     out = {}
     for tid, ns in end["self"].items():
-        name = "main thread" if tid == main else names.get(tid, "other threads")
+        name = "main thread" if tid == main else names.get(tid, "threads outside Python")
         out[name] = out.get(name, 0.0) + (ns - start["self"].get(tid, 0)) / 1e3 / tests
     helper = 0.0
     for kid, tasks in end["children"].items():
