@@ -132,7 +132,9 @@ def test_sigkill_mid_test_requeues_and_a_test_that_kills_twice_is_given_up(
     ptr: pytest.Pytester, suite: tuple[Path, dict[str, str]], store: StateStore
 ) -> None:
     stamps, env = suite
-    env.update(COUNT="24", SLEEP="0.1", KILLER="3")
+    # A short lease: each death is noticed when the dead process's lease expires, twice
+    # here (the real TTL's promise has its own test below).
+    env.update(COUNT="24", SLEEP="0.1", KILLER="3", PYTEST_TASKCTL_LEASE_TTL="3")
     processes = [start(ptr.path, env, "j-kill") for _ in range(3)]
     outcomes = finish(processes, timeout=120)
     codes = sorted(code for code, _ in outcomes)
@@ -486,7 +488,7 @@ def test_threaded_process_killed_by_a_test_charges_its_running_tests(
     and the killer, alone the second time, is given up on after two deaths.
     """
     stamps, env = threaded
-    env.update(COUNT="8", SLEEP="0.1", KILLER="f3")
+    env.update(COUNT="8", SLEEP="0.1", KILLER="f3", PYTEST_TASKCTL_LEASE_TTL="3")  # see above
     processes = [start(ptr.path, env, "jt-kill", *THREADED) for _ in range(3)]
     outcomes = finish(processes, timeout=120)
     assert sorted(code for code, _ in outcomes) == [-signal.SIGKILL, -signal.SIGKILL, 1], outcomes
