@@ -64,6 +64,7 @@ PEER_PACKAGES = (
     # so both venvs' "bare" pytest loads the same third-party plugins.
     "pytest-asyncio",
     "pytest-xdist",
+    "pytest-rerunfailures",
 )
 PEER_PLUGINS = ("pytest_opentelemetry", "pytest_otel")  # their pytest11 entry point names
 RUN_TIMEOUT = 120.0
@@ -182,7 +183,7 @@ def ensure_peer_venv() -> tuple[str | None, str]:
     """``(python, note)``; ``python`` is None when the peers cannot be installed."""
     python = PEER_VENV / "bin" / "python"
     marker = PEER_VENV / ".taskctl-bench-complete"
-    if not marker.exists():
+    if not marker.exists() or marker.read_text().split() != list(PEER_PACKAGES):
         print(f"creating the peer venv {PEER_VENV} (once) ...", file=sys.stderr)
         try:
             subprocess.run(

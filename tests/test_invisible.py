@@ -168,7 +168,10 @@ def test_mods():
     assert [t.name for t in threading.enumerate()] == ["MainThread"]
 """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:taskctl")
+    # Without pytest-rerunfailures too: it starts a thread of its own where xdist is installed.
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:taskctl", "-p", "no:rerunfailures"
+    )  # fmt: skip
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "logs").exists()
 

@@ -1,4 +1,9 @@
-"""One word for how a test ended, from its setup/call/teardown reports."""
+"""One word for how a test ended, from its setup/call/teardown reports.
+
+A rerun plugin (pytest-rerunfailures) runs a failed test again inside the
+same protocol: each attempt has its own three reports, and the test's
+outcome is its last attempt's (as pytest's own summary counts it).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,15 @@ class TestOutcome:
     message: str = ""
     duration: float = 0.0
     reports: int = field(default=0, repr=False)
+    #: This attempt's number: 2 and up when a rerun plugin ran the test again.
+    attempts: int = 1
+    #: The attempt's teardown report is in.
+    complete: bool = False
+    #: A report of the attempt said ``rerun``: another attempt follows (where reports
+    #: are logged, as on the xdist controller; the runner's side cannot know yet).
+    rerun: bool = False
+    #: When the attempt's teardown ended (epoch s; 0.0 when not known): the test's span ends then.
+    stop: float = 0.0
 
     @classmethod
     def interrupted(cls) -> TestOutcome:
@@ -62,6 +76,40 @@ class TestOutcome:
     def counter(self) -> str:
         """Which progress counter this outcome adds to: passed, failed or skipped."""
         return _COUNTER[RESULT_STATUS[self.word]]
+
+
+class Outcomes:
+    """The outcome of each running test, folded from its reports attempt by attempt."""
+
+    def __init__(self) -> None:
+        self._by_nodeid: dict[str, TestOutcome] = {}
+
+    def record(self, report: pytest.TestReport, nodeid: str) -> TestOutcome | None:
+        """Fold ``report`` in; the outcome when it completes an attempt (its teardown)."""
+        outcome = self._by_nodeid.get(nodeid)
+        if outcome is None or outcome.complete:  # the test's first report, or a rerun's
+            attempts = 1 if outcome is None else outcome.attempts + 1
+            outcome = self._by_nodeid[nodeid] = TestOutcome(attempts=attempts)
+        if report.outcome == "rerun":  # type: ignore[comparison-overlap]  # pytest-rerunfailures'
+            outcome.rerun = True
+        outcome.record(report)
+        if report.when != "teardown":
+            return None
+        outcome.complete = True
+        return outcome
+
+    def start_rerun(self, nodeid: str) -> bool:
+        """At a setup's start: True when an attempt of the test is complete, so a rerun
+        plugin runs it again -- its next attempt begins now (an interrupt before its
+        first report interrupts this attempt, not the one that completed)."""
+        outcome = self._by_nodeid.get(nodeid)
+        if outcome is None or not outcome.complete:
+            return False
+        self._by_nodeid[nodeid] = TestOutcome(attempts=outcome.attempts + 1)
+        return True
+
+    def pop(self, nodeid: str) -> TestOutcome | None:
+        return self._by_nodeid.pop(nodeid, None)
 
 
 def _short_message(report: pytest.TestReport) -> str:

@@ -15,7 +15,6 @@ import pytest
 from . import hookspecs, options
 from .config import WORKER_RUN_ID, RunSettings
 from .control import CANCEL_REASON
-from .outcome import TestOutcome
 from .run import TaskRun, argv_of
 from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
@@ -171,14 +170,19 @@ class PerTestHooks:
         finally:
             for observe_end in run.end_observers:  # a phase span left open by an interrupt
                 observe_end(item)
-            if item.stash.get(SPAN_KEY, None) is not None:  # no teardown report (interrupted)
-                run.control.test_finished(None)
-                outcome = run.outcomes.pop(nodeid, None)  # a failure before it is kept
-                if outcome is None or outcome.word not in ("failed", "error"):
-                    outcome = TestOutcome.interrupted()
-                run.tracer.end_test(test, outcome)
-            # Here, not at the teardown report: wrappers inside this one may have made
-            # contexts of their own current, and leave them before we leave ours.
+            del item.stash[SPAN_KEY]
+            # Here, not at the teardown report: a rerun plugin may run the test again
+            # (its last attempt decides), and wrappers inside this one may have made
+            # contexts of their own current, which they leave before we leave ours.
+            outcome = run.finish_test(nodeid)
+            if outcome.complete:
+                runs = f" ({outcome.attempts} attempts)" if outcome.attempts > 1 else ""
+                line = "pytest_runtest_teardown: %s %s in %.3fs%s"
+                run.runlog.line(
+                    logging.INFO, line, nodeid, outcome.word, outcome.duration, runs,
+                    traceid=test.traceid,
+                )  # fmt: skip
+            run.tracer.end_test(test, outcome)
             run.tracer.leave_test(test)
 
     @pytest.hookimpl(tryfirst=True)
@@ -186,9 +190,13 @@ class PerTestHooks:
         if item.stash.get(CANCELLED_KEY, False):
             raise pytest.skip.Exception(CANCEL_REASON, _use_item_location=True)
         test = item.stash.get(SPAN_KEY, None)
-        if self.run is not None and test is not None:
+        run = self.run
+        if run is not None and test is not None:
+            if run.outcomes.start_rerun(test.nodeid):  # a rerun plugin runs it again
+                for observe in run.rerun_observers:
+                    observe(item, test)
             line = "pytest_runtest_setup: %s"
-            self.run.runlog.line(logging.INFO, line, test.nodeid, traceid=test.traceid)
+            run.runlog.line(logging.INFO, line, test.nodeid, traceid=test.traceid)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -201,22 +209,15 @@ class PerTestHooks:
         for observe in run.report_observers:  # phase spans, trace links, pause on failure
             observe(item, call, report)
         test = item.stash.get(SPAN_KEY, None)
-        outcome = run.record_report(report, test.nodeid if test is not None else None)
-        if test is None or run.tracer is None:
+        if test is None:  # not inside our protocol wrapper: the test is over with its teardown
+            if run.record_report(report) is not None:
+                run.finish_test(report.nodeid)
             return report
-        if call.excinfo is not None and report.failed:
-            run.tracer.phase_failed(test.span, call.excinfo.value, call.stop)
+        outcome = run.record_report(report, test.nodeid)
         if outcome is not None:
-            del item.stash[SPAN_KEY]
-            run.runlog.line(
-                logging.INFO,
-                "pytest_runtest_teardown: %s %s in %.3fs",
-                test.nodeid,
-                outcome.word,
-                outcome.duration,
-                traceid=test.traceid,
-            )
-            run.tracer.end_test(test, outcome)
+            outcome.stop = call.stop  # the span ends with the teardown, not the protocol
+        if call.excinfo is not None and report.failed and run.tracer is not None:
+            run.tracer.phase_failed(test.span, call.excinfo.value, call.stop)
         return report
 
 
@@ -235,7 +236,9 @@ class XdistControllerProgress:
         self.run = run
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.run.record_report(report)
+        outcome = self.run.record_report(report)
+        if outcome is not None and not outcome.rerun:  # a ``rerun`` attempt: another follows
+            self.run.finish_test(report.nodeid)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: object, ids: list[str]) -> None:

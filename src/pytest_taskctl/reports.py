@@ -53,7 +53,7 @@ class TraceLinks:
 
     ``span_key`` is the item stash key under which the plugin keeps the
     running test's :class:`~.telemetry.tracing.RunningTest`; it is there from
-    the start of the test's protocol until its teardown report is made.
+    the start of the test's protocol until the protocol ends.
     """
 
     def __init__(self, run: TaskRun, span_key: pytest.StashKey[RunningTest]) -> None:
@@ -79,10 +79,17 @@ class TraceLinks:
             word = "FAILED" if report.when == "call" else "ERROR"
             self.failures[report.nodeid] = (word, report_trace_id(report))
 
-    def summary_lines(self) -> list[str]:
+    def summary_lines(self, final: set[str] | None = None) -> list[str]:
+        """One line per failed test; ``final``: the node ids pytest's summary counts as
+        failed or errored (a test a rerun plugin ran again until it passed is not)."""
+        failures = {
+            nodeid: failure
+            for nodeid, failure in self.failures.items()
+            if final is None or nodeid in final
+        }
         lines = []
-        width = max((len(word) for word, _ in self.failures.values()), default=0)
-        for nodeid, (word, trace_id) in self.failures.items():
+        width = max((len(word) for word, _ in failures.values()), default=0)
+        for nodeid, (word, trace_id) in failures.items():
             link = trace_link(self.template, trace_id) if trace_id else "(no trace id)"
             lines.append(f"{word:<{width}} {nodeid}  {link}")
         if lines and not self.template:
@@ -93,7 +100,9 @@ class TraceLinks:
         return lines
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        lines = self.summary_lines()
+        stats = terminalreporter.stats
+        final = {report.nodeid for key in ("failed", "error") for report in stats.get(key, ())}
+        lines = self.summary_lines(final)
         if not lines:
             return
         terminalreporter.write_sep("-", "taskctl: traces of failed tests")

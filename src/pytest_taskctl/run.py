@@ -24,7 +24,7 @@ from .etcd.gateway import EtcdGateway, EtcdUnavailable
 from .etcd.store import clear_stale_flags
 from .etcd.watch import WatchedRange
 from .etcd.writer import KeyWriter
-from .outcome import TestOutcome
+from .outcome import Outcomes, TestOutcome
 from .ownership import RunOwnership, RunStillRunning, claim_run
 from .process import process_identity
 from .signals import SigtermInterrupts
@@ -80,6 +80,8 @@ class TaskRun:
         self.start_observers: list[Callable[[pytest.Item, RunningTest], None]] = []
         #: End: with the item when its protocol ends, however it ends (an interrupt too).
         self.end_observers: list[Callable[[pytest.Item], None]] = []
+        #: Rerun: as start, when a rerun plugin sets the test up again (a new ``setup`` span).
+        self.rerun_observers: list[Callable[[pytest.Item, RunningTest], None]] = []
         #: Report: with ``(item, call, report)`` for each phase report.
         self.report_observers: list[
             Callable[[pytest.Item, pytest.CallInfo[None], pytest.TestReport], None]
@@ -91,7 +93,7 @@ class TaskRun:
             handler_level=pytest_log_level or logging.NOTSET,
             export=settings.export,
         )
-        self.outcomes: dict[str, TestOutcome] = {}
+        self.outcomes = Outcomes()
         self.final_status = ""
         self.signals = SigtermInterrupts()
         self._connection = JointConnection(self._connection_changed)
@@ -367,20 +369,23 @@ class TaskRun:
     def record_report(
         self, report: pytest.TestReport, nodeid: str | None = None
     ) -> TestOutcome | None:
-        """Fold a phase report into the test's outcome; returns it once teardown is in.
+        """Fold a phase report into the test's outcome; returns it when an attempt is complete.
 
         ``nodeid``: the report's, when the caller has it (``report.nodeid`` is a
         property that makes the string again on pytest 9).
         """
-        if nodeid is None:
-            nodeid = report.nodeid
-        outcome = self.outcomes.get(nodeid)
-        if outcome is None:
-            outcome = self.outcomes[nodeid] = TestOutcome()
-        outcome.record(report)
-        if report.when != "teardown":
-            return None
-        del self.outcomes[nodeid]
+        return self.outcomes.record(report, report.nodeid if nodeid is None else nodeid)
+
+    def finish_test(self, nodeid: str) -> TestOutcome:
+        """The test is over: count it, and tell ``pytest_taskctl_test_finished`` its last
+        attempt's outcome. A test whose attempt never completed (an interrupt) is counted
+        as done but not reported: a resumed run runs it again."""
+        outcome = self.outcomes.pop(nodeid)
+        if outcome is None or not outcome.complete:
+            self.control.test_finished(None)
+            if outcome is None or outcome.word not in ("failed", "error"):
+                return TestOutcome.interrupted()
+            return outcome  # a failure before the interrupt is kept
         self.control.test_finished(outcome.counter)
         self.hook.pytest_taskctl_test_finished(run=self, nodeid=nodeid, outcome=outcome)
         return outcome

@@ -78,7 +78,7 @@ class PhaseSpans:
         ident = threading.get_ident()
         span = self._open.get(ident)
         if span is None:
-            return  # a phase run again after its test's span ended (a rerun plugin)
+            return  # a report outside our protocol wrapper (no test span, no phases)
         span.settle(when, int(call.start * 1e9))
         end_time = int(call.stop * 1e9)
         if report.failed and call.excinfo is not None:

@@ -30,6 +30,9 @@ class Telemetry(Protocol):
     def start_observers(self) -> list[Any]: ...
 
     @property
+    def rerun_observers(self) -> list[Any]: ...
+
+    @property
     def end_observers(self) -> list[Any]: ...
 
     @property
@@ -44,6 +47,7 @@ def register(
         phases = PhaseSpans(run.phase_source)
         pluginmanager.register(phases, "taskctl-phase-spans")
         run.start_observers.append(phases.test_started)
+        run.rerun_observers.append(phases.test_started)  # each attempt has its phases
         run.end_observers.append(phases.test_ended)
         run.report_observers.append(phases.phase_reported)
     if settings.span_detail == "fixtures":

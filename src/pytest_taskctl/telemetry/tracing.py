@@ -212,13 +212,15 @@ class RunTracer:
             span.set_attributes(
                 {"test.case.result.status": outcome.status, "pytest.outcome": outcome.word}
             )
+            if outcome.attempts > 1:  # a rerun plugin ran it again: the last attempt counts
+                span.set_attribute("pytest.reruns", outcome.attempts - 1)
             if outcome.status == "fail":
                 span.set_status(
                     Status(StatusCode.ERROR, f"{outcome.when}: {outcome.message}"[:500])
                 )
             elif outcome.word in ("skipped", "xfailed") and outcome.message:
                 span.set_attribute("pytest.skip_reason", outcome.message[:500])
-        span.end()
+        span.end(end_time=int(outcome.stop * 1e9) if outcome.stop else None)
 
     def leave_test(self, test: RunningTest) -> None:
         """Restore the context from before the test (its phases' contexts with it)."""
