@@ -9,15 +9,19 @@ measures are printed (run with ``-s`` to see them).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_taskctl.etcd.gateway import EtcdGateway
 from pytest_taskctl.etcd.server import EmbeddedEtcd
 from pytest_taskctl.etcd.settings import EtcdSettings, parse_endpoints
+from pytest_taskctl.etcd.store import clear_stale_flags
 from pytest_taskctl.etcd.watch import WatchedRange
+from pytest_taskctl.keys import RunKeys
+from pytest_taskctl.ownership import claim_run
 
 from .conftest import Etcdctl, wait_for
 from .faults import EtcdCluster, FaultProxy, run_etcdctl
@@ -321,4 +325,45 @@ def test_compaction_resyncs_without_reporting_a_loss(
         assert reports == [True]  # never "lost etcd"
     finally:
         view.stop()
+        gateway.close()
+
+
+# -- round trips at start-up ------------------------------------------------------------------
+
+
+class CountingGateway(EtcdGateway):
+    """A real gateway that notes each RPC it makes: start-up over a slow link pays per call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def call(self, method: str, data: Mapping[str, Any], timeout: float | None = None) -> Any:
+        self.calls.append(method)
+        return super().call(method, data, timeout)
+
+
+def test_taking_a_run_costs_three_round_trips_and_its_stale_flags_one_read(
+    etcd: EmbeddedEtcd, prefix: str, etcdctl: Etcdctl
+) -> None:
+    """One read (lease, meta and status together), the lease grant, the claim; the
+    flags of the attempt before are cleared with the status that read found."""
+    keys = RunKeys(prefix, "rt-1")
+    etcdctl("put", keys.flag("cancelled"), "1")  # a cancel written before...
+    etcdctl("put", keys.status, "COMPLETED")  # ...the attempt ended
+    gateway = CountingGateway.connect(EtcdSettings.resolve(endpoints=etcd.endpoint))
+    assert isinstance(gateway, CountingGateway)
+    gateway.calls = []
+    claim = claim_run(gateway, keys, resume=True)
+    try:
+        assert gateway.calls == ["/kv/txn", "/lease/grant", "/kv/txn"]
+        assert claim.previous_status == "COMPLETED"
+        gateway.calls = []
+        cleared = clear_stale_flags(gateway, keys, claim.ownership.revision, claim.status_kvs)
+        assert cleared == ["cancelled='1'"]
+        # The flags in one read (the status is not read again), then the delete.
+        assert gateway.calls == ["/kv/txn", "/kv/txn"]
+        assert etcdctl.get(keys.flag("cancelled")) is None
+    finally:
+        claim.ownership.release()
         gateway.close()

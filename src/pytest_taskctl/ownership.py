@@ -258,18 +258,22 @@ class RunClaim:
     previous_meta: dict[str, Any] | None
     #: The earlier attempt's status word (``None`` for a new run).
     previous_status: str | None
+    #: The status key as read when the run was taken (empty for a new run).
+    status_kvs: list[KeyValue]
 
 
 def claim_run(gateway: EtcdGateway, keys: RunKeys, *, resume: bool) -> RunClaim:
     """Take ``<run>/lease`` for this process, or raise :class:`RunStillRunning`.
 
     Reads the lease and meta in one range ("lease" < "meta" and no other key
-    of the layout sorts between them), refuses a live owner and takes the key
-    with a compare on what it read, so of two processes starting at once one
-    wins. Writes nothing but the lease key.
+    of the layout sorts between them) and the status beside it, in one round
+    trip; refuses a live owner and takes the key with a compare on what it
+    read, so of two processes starting at once one wins (the loser reads
+    again). Writes nothing but the lease key.
     """
     for _ in range(3):
-        found = {kv.key: kv for kv in gateway.range(keys.lease, keys.meta + "\0").kvs}
+        owned, status = gateway.read_many((keys.lease, keys.meta + "\0"), (keys.status, None))
+        found = {kv.key: kv for kv in owned.kvs}
         holder = found.get(keys.lease)
         owner = json_object(holder.value) if holder is not None else None
         if holder is not None and owner_alive(owner or {}):
@@ -278,11 +282,11 @@ def claim_run(gateway: EtcdGateway, keys: RunKeys, *, resume: bool) -> RunClaim:
         ownership = RunOwnership.acquire(gateway, keys.lease, me, holder, meta_key=keys.meta)
         if ownership is not None:
             meta_kv = found.get(keys.meta)
-            status = gateway.get(keys.status)
             return RunClaim(
                 ownership,
                 json_object(meta_kv.value) if meta_kv is not None else None,
-                status.decode("utf-8", "replace").strip() if status is not None else None,
+                status.kvs[0].text.strip() if status.kvs else None,
+                status.kvs,
             )
     raise RunStillRunning(
         f"run {keys.run_id} was started by another process at the same moment; "

@@ -20,7 +20,7 @@ import pytest
 from .config import RunSettings, redact_argv
 from .control import CANCEL_REASON, RunControl
 from .etcd.connection import JointConnection
-from .etcd.gateway import EtcdGateway, EtcdUnavailable
+from .etcd.gateway import EtcdGateway, EtcdUnavailable, KeyValue
 from .etcd.store import clear_stale_flags
 from .etcd.watch import WatchedRange
 from .etcd.writer import KeyWriter
@@ -66,6 +66,8 @@ class TaskRun:
         self.ownership: RunOwnership | None = None
         #: The earlier attempt's status word, as this attempt found it.
         self.previous_status: str | None = None
+        #: ...and its status key (``None``: not read, e.g. on an xdist worker).
+        self._claimed_status: list[KeyValue] | None = None
         self.etcd_error: str | None = None
         self.etcd_lost_at: float | None = None
         self.writes_landed = True
@@ -208,6 +210,7 @@ class TaskRun:
             return None
         self.ownership = claim.ownership
         self.previous_status = claim.previous_status
+        self._claimed_status = claim.status_kvs
         return claim.previous_meta
 
     def _disconnect(self) -> None:
@@ -227,7 +230,7 @@ class TaskRun:
         start, end = keys.control_range
         taken = self.ownership.revision if self.ownership is not None else None
         try:
-            self.stale_flags = clear_stale_flags(self.gateway, keys, taken_over_at=taken)
+            self.stale_flags = clear_stale_flags(self.gateway, keys, taken, self._claimed_status)
             initial = self.gateway.range(start, end)
         except Exception as exc:  # etcd went away right after connecting
             self.etcd_error = f"etcd unreachable ({exc})"

@@ -281,6 +281,22 @@ class EtcdGateway:
             kvs=[key_value(raw) for raw in response.get("kvs", ())],
         )
 
+    def read_many(self, *ranges: tuple[str, str | None]) -> list[RangeResult]:
+        """Several ``(key, range_end)`` reads in one round trip (a transaction of ranges,
+        at one revision): start-up over a slow link pays per round trip."""
+        ops = []
+        for key, range_end in ranges:
+            request = {"key": b64(key)}
+            if range_end is not None:
+                request["range_end"] = b64(range_end)
+            ops.append({"request_range": request})
+        response = self.call("/kv/txn", {"success": ops})
+        revision = int(response["header"]["revision"])
+        return [
+            RangeResult(revision, [key_value(raw) for raw in part["response_range"].get("kvs", ())])
+            for part in response.get("responses", ())
+        ]
+
     def range_prefix(self, prefix: str, keys_only: bool = False) -> RangeResult:
         return self.range(prefix, prefix_end(prefix), keys_only=keys_only)
 

@@ -28,6 +28,7 @@ from ..records import json_object
 from .gateway import (
     MAX_TXN_OPS,
     EtcdGateway,
+    KeyValue,
     b64,
     delete_op,
     key_missing,
@@ -42,7 +43,10 @@ from .watch import WatchedRange
 
 
 def clear_stale_flags(
-    gateway: EtcdGateway, keys: RunKeys, taken_over_at: int | None = None
+    gateway: EtcdGateway,
+    keys: RunKeys,
+    taken_over_at: int | None = None,
+    status_kvs: list[KeyValue] | None = None,
 ) -> list[str]:
     """Delete ``paused``/``cancelled`` set before the run's last attempt ended.
 
@@ -53,9 +57,10 @@ def clear_stale_flags(
     attempt that took its lease over (at revision ``taken_over_at``) clears the
     flags older than that takeover -- a ``paused`` of the dead attempt must not
     hold the new one. Each delete is conditional on the flag's revision, so a
-    flag set meanwhile survives.
+    flag set meanwhile survives. ``status_kvs``: the status key as the caller
+    read it when it took the run (no one else writes it since), saving a round trip.
     """
-    status = gateway.range(keys.status).kvs
+    status = gateway.range(keys.status).kvs if status_kvs is None else status_kvs
     if not status:
         return []
     if status[0].text in FINAL_STATUSES:
@@ -65,8 +70,9 @@ def clear_stale_flags(
     else:
         return []
     cleared = []
-    for name in FLAG_NAMES:
-        kvs = gateway.range(keys.flag(name)).kvs
+    flags = gateway.read_many(*((keys.flag(name), None) for name in FLAG_NAMES))
+    for name, found in zip(FLAG_NAMES, flags, strict=True):
+        kvs = found.kvs
         if kvs and kvs[0].mod_revision < ended_at:
             compare = [mod_revision_equals(keys.flag(name), kvs[0].mod_revision)]
             if gateway.txn([delete_op(keys.flag(name))], compare=compare):
