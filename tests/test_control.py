@@ -399,3 +399,48 @@ def test_a_status_listener_may_ask_whether_the_process_is_busy(
         assert answers == [("PAUSED", False), ("RUNNING", False)]
     finally:
         view.stop()
+
+
+NEWS_CONFTEST = """
+import threading
+import pytest
+from pytest_taskctl.plugin import RUN_KEY
+
+@pytest.fixture
+def news_from_a_plugin_thread(request):
+    run = request.config.stash[RUN_KEY]
+    text = f"taskctl: news during {request.node.name}"
+    thread = threading.Thread(target=run.notify, args=(text,), name="taskctl-news")
+    thread.start()
+    thread.join()
+"""
+
+
+def test_news_from_a_plugin_thread_waits_for_the_next_test(ptr: pytest.Pytester) -> None:
+    """A watch or the writer never switches pytest's capture off under a running test:
+    its line comes out when the next test starts, or at the end of the run."""
+    ptr.makeconftest(NEWS_CONFTEST)
+    ptr.makepyfile(
+        test_news="""
+def test_first(news_from_a_plugin_thread):
+    print("output of test_first")
+
+def test_second():
+    pass
+
+def test_last(news_from_a_plugin_thread):
+    pass
+"""
+    )
+    result = ptr.runpytest_subprocess("-v", "--run-id", "news-1")
+    result.assert_outcomes(passed=3)
+    lines = result.stdout.lines
+    at = {text: next(i for i, line in enumerate(lines) if text in line) for text in (
+        "test_news.py::test_first PASSED", "taskctl: news during test_first",
+        "test_news.py::test_second PASSED", "test_news.py::test_last PASSED",
+        "taskctl: news during test_last",
+    )}  # fmt: skip
+    assert at["test_news.py::test_first PASSED"] < at["taskctl: news during test_first"]
+    assert at["taskctl: news during test_first"] < at["test_news.py::test_second PASSED"]
+    assert at["test_news.py::test_last PASSED"] < at["taskctl: news during test_last"]
+    assert "output of test_first" not in result.stdout.str(), "the test's output stays captured"

@@ -19,7 +19,7 @@ from .run import TaskRun, argv_of
 from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
 from .telemetry.tracing import RunningTest, attributes_of_test
-from .terminal import header_lines, summary_lines, terminal_line
+from .terminal import TerminalNotes, header_lines, summary_lines
 
 RUN_KEY = pytest.StashKey[TaskRun]()
 SPAN_KEY = pytest.StashKey[RunningTest]()
@@ -51,11 +51,11 @@ def pytest_configure(config: pytest.Config) -> None:
         is_controller=bool(getattr(config.option, "numprocesses", None)) and not is_worker,
         resume=bool(config.option.taskctl_resume),
     )
-    run.notify = lambda text: terminal_line(config, text)
+    run.notify = notes = TerminalNotes(config, runs_tests=not run.is_controller)
     config.add_cleanup(run.close)  # also when sessionfinish never comes
     hooks = config.pluginmanager.get_plugin("taskctl-tests")
     if isinstance(hooks, PerTestHooks):
-        hooks.run = run
+        hooks.run, hooks.notes = run, notes
     config.pluginmanager.register(InterruptWatch(run), "taskctl-interrupts")
     if run.is_controller:
         config.pluginmanager.register(XdistControllerProgress(run), "taskctl-xdist-controller")
@@ -152,12 +152,16 @@ class PerTestHooks:
 
     def __init__(self) -> None:
         self.run: TaskRun | None = None  # set in pytest_configure
+        self.notes: TerminalNotes | None = None  # the run's news lines, ditto
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
         run = self.run
         if run is None or run.tracer is None:
             return (yield)
+        notes = self.notes
+        if notes is not None and notes.pending:  # news from the plugin's threads
+            notes.flush()
         nodeid = item.nodeid  # pytest 9 makes the string on each access
         # The gate comes before the span: a pause is not part of the test's time.
         item.stash[CANCELLED_KEY] = not run.control.gate(nodeid)
@@ -256,6 +260,8 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     run = _run(terminalreporter.config)
     if run is not None:
+        if isinstance(run.notify, TerminalNotes):
+            run.notify.flush()  # news that came after the last test's start
         header_shown = terminalreporter.config.get_verbosity() >= 0
         for line in summary_lines(run, header_shown):
             terminalreporter.write_line(line)

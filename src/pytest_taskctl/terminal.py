@@ -6,7 +6,9 @@ or onto a progress line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,41 @@ def terminal_line(config: pytest.Config, text: str) -> None:
             terminal.write("\n")
         terminal.ensure_newline()
         terminal.write_line(text)
+
+
+class TerminalNotes:
+    """The run's news lines (``TaskRun.notify``), written on a thread where that is safe.
+
+    From a test's thread or pytest's own, a line goes out at once (the gate's
+    pause news). From one of the plugin's threads (a watch, the writer) while
+    this process runs tests, it waits for the next test's start or the end
+    of the run: switching pytest's capture off under a test running on
+    another thread would send that test's output to the terminal, or trip
+    the capture's state. The xdist controller runs no tests: its lines go out
+    at once from any thread.
+    """
+
+    def __init__(self, config: pytest.Config, runs_tests: bool) -> None:
+        self._config = config
+        self._runs_tests = runs_tests
+        #: Lines from the plugin's threads, oldest first (appends are atomic).
+        self.pending: collections.deque[str] = collections.deque()
+
+    def __call__(self, text: str) -> None:
+        if self._runs_tests and threading.current_thread().name.startswith("taskctl-"):
+            self.pending.append(text)
+            return
+        self.flush()
+        terminal_line(self._config, text)
+
+    def flush(self) -> None:
+        """Write the waiting lines (on a thread where a test may write, or none runs)."""
+        while self.pending:
+            try:
+                text = self.pending.popleft()
+            except IndexError:  # another test thread took the last one
+                return
+            terminal_line(self._config, text)
 
 
 def header_lines(run: TaskRun) -> list[str]:
