@@ -8,6 +8,7 @@ shows every attempt's phases under the one test span.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ from typing import Any
 import pytest
 
 from pytest_taskctl.etcd.store import StateStore
+from pytest_taskctl.outcome import Outcomes
 
 from .test_telemetry import attributes, read_spans
 from .test_trace_detail import events, is_error
 
-pytest.importorskip("pytest_rerunfailures")
+needs_rerunfailures = pytest.mark.skipif(
+    not importlib.util.find_spec("pytest_rerunfailures"), reason="pytest-rerunfailures missing"
+)
 
 SUITE = """
 import pytest
@@ -77,6 +81,7 @@ def assert_counted_once(ptr: pytest.Pytester, store: StateStore, run_id: str) ->
     assert f"run {run_id} FAILED (exit 1): 2 passed, 1 failed, 0 skipped" in log
 
 
+@needs_rerunfailures
 def test_a_rerun_test_counts_once_with_its_last_outcome(
     ptr: pytest.Pytester, store: StateStore
 ) -> None:
@@ -94,6 +99,7 @@ def test_a_rerun_test_counts_once_with_its_last_outcome(
     assert log.count("pytest_runtest_teardown: test_flaky.py::test_fine passed in") == 1
 
 
+@needs_rerunfailures
 def test_each_attempt_has_its_phases_under_the_one_test_span(
     ptr: pytest.Pytester, store: StateStore
 ) -> None:
@@ -142,6 +148,7 @@ def test_each_attempt_has_its_phases_under_the_one_test_span(
     assert all(s["parentSpanId"] in by_id for s in spans if "parentSpanId" in s), "no orphans"
 
 
+@needs_rerunfailures
 def test_the_xdist_controller_counts_a_rerun_test_once(
     ptr: pytest.Pytester, store: StateStore
 ) -> None:
@@ -149,6 +156,7 @@ def test_the_xdist_controller_counts_a_rerun_test_once(
     assert_counted_once(ptr, store, "rr-3")
 
 
+@needs_rerunfailures
 def test_a_rerun_stopped_in_its_setup_is_interrupted(
     ptr: pytest.Pytester, store: StateStore
 ) -> None:
@@ -186,6 +194,35 @@ def test_stopped(second_attempt_stops):
     assert store.get_status("rr-4") == "INTERRUPTED"
 
 
+CRASH_ONCE = """
+import os
+from pathlib import Path
+
+def test_crash():
+    ran = Path(__file__).with_name("ran")
+    if not ran.exists():
+        ran.touch()
+        os._exit(3)  # the xdist worker dies in the test
+
+def test_ok():
+    pass
+"""
+
+
+@needs_rerunfailures
+def test_a_test_whose_worker_crashed_counts_once_with_its_rerun(
+    ptr: pytest.Pytester, store: StateStore
+) -> None:
+    ptr.makepyfile(test_crash=CRASH_ONCE)
+    result = ptr.runpytest_subprocess("-n", "2", "--reruns", "1", "--run-id", "rr-5")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    outcomes = {nodeid: r["outcome"] for nodeid, r in results_of(store, "rr-5").items()}
+    assert outcomes == {"test_crash.py::test_crash": "passed", "test_crash.py::test_ok": "passed"}
+    meta = store.get_meta("rr-5")
+    assert meta is not None and (meta["counts"]["passed"], meta["counts"]["failed"]) == (2, 0)
+
+
+@needs_rerunfailures
 def test_rerun_markers_in_a_suite_run_without_taskctl_keep_their_outcomes(
     pytester: pytest.Pytester,
 ) -> None:
@@ -195,3 +232,40 @@ def test_rerun_markers_in_a_suite_run_without_taskctl_keep_their_outcomes(
     outcomes = result.parseoutcomes()
     assert (outcomes["passed"], outcomes["failed"], outcomes["rerun"]) == (2, 1, 2)
     assert not Path(pytester.path / "logs").exists()
+
+
+# -- the reports a controller logs ---------------------------------------------------------
+
+
+def report(when: str, outcome: str = "passed") -> pytest.TestReport:
+    return pytest.TestReport("t.py::test", ("t.py", 1, "test"), {}, outcome, None, when)  # type: ignore[arg-type]
+
+
+def fold(*reports: pytest.TestReport) -> list[str | None]:
+    """What :class:`Outcomes` says after each report, as the xdist controller sees them:
+    a finished test's word, "(rerun)" for an attempt another follows, else None."""
+    outcomes = Outcomes()
+    said: list[str | None] = []
+    for one in reports:
+        done = outcomes.record(one, "t.py::test")
+        said.append(None if done is None else "(rerun)" if done.rerun else done.word)
+    return said
+
+
+def test_an_attempt_a_rerun_plugin_logs_without_its_teardown_still_ends() -> None:
+    """pytest-rerunfailures before 16.6.1 logs no teardown after a ``rerun`` report:
+    the next setup begins the next attempt, which decides."""
+    assert fold(
+        report("setup"), report("call", "rerun"),
+        report("setup"), report("call"), report("teardown"),
+    ) == [None, None, None, None, "passed"]  # fmt: skip
+
+
+def test_a_worker_crash_ends_an_attempt() -> None:
+    """pytest-xdist reports a worker that died in a test with ``when="???"``: with a
+    rerun plugin, the rescheduled attempt decides; without, the crash is the outcome."""
+    assert fold(
+        report("setup"), report("???", "rerun"),
+        report("setup"), report("call"), report("teardown"),
+    ) == [None, "(rerun)", None, None, "passed"]  # fmt: skip
+    assert fold(report("setup"), report("???", "failed")) == [None, "error"]

@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_taskctl.etcd.store import StateStore
+
 from .conftest import Etcdctl, wait_for
 from .test_telemetry import attributes, read_spans
 
@@ -170,3 +172,20 @@ def test_resume_counts_on_the_controller(
     )
     spans = read_spans(ptr.path / "logs" / "xr" / "traces.jsonl")
     assert sum(span["name"] == "pytest session" for span in spans) == 2, "one per attempt"
+
+
+def test_a_test_whose_worker_crashed_is_recorded_as_an_error(
+    ptr: pytest.Pytester, store: StateStore
+) -> None:
+    """pytest-xdist reports the crash (``when="???"``); the run counts it and records it."""
+    ptr.makepyfile(
+        test_crash="import os\ndef test_crash():\n    os._exit(3)\ndef test_ok():\n    pass\n"
+    )
+    result = ptr.runpytest_subprocess("-n", "2", "--run-id", "xcrash")
+    result.assert_outcomes(passed=1, failed=1)
+    kvs = store.gateway.range_prefix(store.keys("xcrash").results).kvs
+    outcomes = {r["nodeid"]: r["outcome"] for r in (json.loads(kv.value) for kv in kvs)}
+    assert outcomes == {"test_crash.py::test_crash": "error", "test_crash.py::test_ok": "passed"}
+    meta = store.get_meta("xcrash")
+    assert meta is not None and meta["counts"]["remaining"] == 0
+    assert store.get_status("xcrash") == "FAILED"

@@ -85,15 +85,27 @@ class Outcomes:
         self._by_nodeid: dict[str, TestOutcome] = {}
 
     def record(self, report: pytest.TestReport, nodeid: str) -> TestOutcome | None:
-        """Fold ``report`` in; the outcome when it completes an attempt (its teardown)."""
+        """Fold ``report`` in; the outcome when it completes an attempt.
+
+        An attempt begins with the test's first report, after a completed attempt,
+        or with a ``setup`` report after reports of its own (pytest-rerunfailures
+        before 16.6.1 logs no teardown after a ``rerun`` report). It completes with
+        its teardown, or with a report of no phase (``when="???"``: pytest-xdist's
+        report of a worker that crashed in the test).
+        """
         outcome = self._by_nodeid.get(nodeid)
-        if outcome is None or outcome.complete:  # the test's first report, or a rerun's
+        when = report.when
+        if (
+            outcome is None
+            or outcome.complete
+            or (when == "setup" and outcome.reports)  # a rerun whose attempt did not complete
+        ):
             attempts = 1 if outcome is None else outcome.attempts + 1
             outcome = self._by_nodeid[nodeid] = TestOutcome(attempts=attempts)
         if report.outcome == "rerun":  # type: ignore[comparison-overlap]  # pytest-rerunfailures'
             outcome.rerun = True
         outcome.record(report)
-        if report.when != "teardown":
+        if when == "setup" or when == "call":
             return None
         outcome.complete = True
         return outcome
