@@ -152,6 +152,11 @@ class GroupRunner:
                 schedule.stop()
             finally:
                 worker_state.item = None
+                if worker_state.in_test:  # after the wrappers too: the test is recorded
+                    worker_state.in_test = False
+                    with loop.in_test_changed:
+                        loop.in_test -= 1
+                        loop.in_test_changed.notify_all()
                 # Stop before done(): done() may hand this group's next test to
                 # a waiting thread, which must not start it after -x/--maxfail.
                 if session.shouldfail or session.shouldstop:
@@ -175,16 +180,15 @@ class GroupRunner:
             if loop.interrupted.is_set():
                 return True
             loop.in_test += 1
-        try:
-            reports = runtestprotocol(item, log=False, nextitem=nextitem)
-            with self._report_lock:
-                ihook = item.ihook
-                ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-                for report in reports:
-                    ihook.pytest_runtest_logreport(report=report)
-                ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        finally:
-            with loop.in_test_changed:
-                loop.in_test -= 1
-                loop.in_test_changed.notify_all()
+        # Counted down by _work once the whole protocol returned: the wrappers around
+        # this hook (taskctl's records the test's result there) finish before an
+        # interrupt lets the session end.
+        worker_state.in_test = True
+        reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        with self._report_lock:
+            ihook = item.ihook
+            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            for report in reports:
+                ihook.pytest_runtest_logreport(report=report)
+            ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True

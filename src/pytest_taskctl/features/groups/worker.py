@@ -18,6 +18,8 @@ class WorkerState(threading.local):
 
     item: pytest.Item | None = None
     warnings_log: list[warnings.WarningMessage] | None = None
+    #: The runner counted this thread's test as running (``_Loop.in_test``).
+    in_test: bool = False
 
 
 worker_state = WorkerState()
