@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from .conftest import Etcdctl
+from .test_telemetry import read_spans
 
 STATE_SUITE = """
 import json, logging, os, random, signal, sys, warnings
@@ -250,3 +251,40 @@ def test_a_suites_own_wrappers_keep_their_context_and_see_our_report_attributes(
     ]
     failed_call = seen[4]
     assert isinstance(failed_call[2], str) and len(failed_call[2]) == 32, seen
+
+
+def test_a_protocol_run_again_inside_another_keeps_the_outer_test(ptr: pytest.Pytester) -> None:
+    """A plugin that runs an item's protocol again from inside it (a repeat plugin)."""
+    ptr.makeconftest(
+        """
+import pytest
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.name == "test_a" and not getattr(item, "_again", False):
+        item._again = True
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+"""
+    )
+    ptr.makepyfile(test_n="def test_a():\n    pass\ndef test_b():\n    pass\n")
+    result = ptr.runpytest_subprocess("--run-id", "nested-1")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "INTERNALERROR" not in result.stdout.str()
+    spans = read_spans(ptr.path / "logs" / "nested-1" / "traces.jsonl")
+    assert sorted(s["name"] for s in spans if "::" in s["name"]) == [
+        "test_n.py::test_a",
+        "test_n.py::test_a",
+        "test_n.py::test_b",
+    ]
+
+
+def test_a_finished_test_hook_that_raises_still_leaves_the_test_span(
+    ptr: pytest.Pytester,
+) -> None:
+    ptr.makeconftest(
+        "def pytest_taskctl_test_finished(run, nodeid, outcome):\n    raise OSError('disk full')\n"
+    )
+    ptr.makepyfile(test_h="def test_a():\n    pass\n")
+    result = ptr.runpytest_subprocess("--run-id", "raise-1")
+    assert "disk full" in result.stdout.str() + result.stderr.str()
+    spans = read_spans(ptr.path / "logs" / "raise-1" / "traces.jsonl")
+    assert [s["name"] for s in spans if "::" in s["name"]] == ["test_h.py::test_a"]

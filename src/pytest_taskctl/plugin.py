@@ -15,6 +15,7 @@ import pytest
 from . import hookspecs, options
 from .config import WORKER_RUN_ID, RunSettings
 from .control import CANCEL_REASON
+from .outcome import TestOutcome
 from .run import TaskRun, argv_of
 from .telemetry import plugins as telemetry_plugins
 from .telemetry import traceid as traceid_module
@@ -166,6 +167,7 @@ class PerTestHooks:
         # The gate comes before the span: a pause is not part of the test's time.
         item.stash[CANCELLED_KEY] = not run.control.gate(nodeid)
         test = run.tracer.start_test(nodeid, attributes_of_test(item, nodeid, run.settings.run_id))
+        outer = item.stash.get(SPAN_KEY, None)  # a protocol run inside another for this item
         item.stash[SPAN_KEY] = test
         try:
             for observe in run.start_observers:  # the setup span
@@ -174,20 +176,26 @@ class PerTestHooks:
         finally:
             for observe_end in run.end_observers:  # a phase span left open by an interrupt
                 observe_end(item)
-            del item.stash[SPAN_KEY]
+            if outer is not None:
+                item.stash[SPAN_KEY] = outer
+            else:
+                del item.stash[SPAN_KEY]
             # Here, not at the teardown report: a rerun plugin may run the test again
             # (its last attempt decides), and wrappers inside this one may have made
             # contexts of their own current, which they leave before we leave ours.
-            outcome = run.finish_test(nodeid)
-            if outcome.complete:
-                runs = f" ({outcome.attempts} attempts)" if outcome.attempts > 1 else ""
-                line = "pytest_runtest_teardown: %s %s in %.3fs%s"
-                run.runlog.line(
-                    logging.INFO, line, nodeid, outcome.word, outcome.duration, runs,
-                    traceid=test.traceid,
-                )  # fmt: skip
-            run.tracer.end_test(test, outcome)
-            run.tracer.leave_test(test)
+            outcome = TestOutcome.interrupted()
+            try:
+                outcome = run.finish_test(nodeid)
+                if outcome.complete:
+                    runs = f" ({outcome.attempts} attempts)" if outcome.attempts > 1 else ""
+                    line = "pytest_runtest_teardown: %s %s in %.3fs%s"
+                    run.runlog.line(
+                        logging.INFO, line, nodeid, outcome.word, outcome.duration, runs,
+                        traceid=test.traceid,
+                    )  # fmt: skip
+            finally:  # a finished-test hook that raised still leaves the span ended
+                run.tracer.end_test(test, outcome)
+                run.tracer.leave_test(test)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
