@@ -33,7 +33,9 @@ def pytest_taskctl_run_starting(
 
 
 def pytest_taskctl_test_finished(run: TaskRun, nodeid: str, outcome: TestOutcome) -> None:
-    """A test's teardown report is in; called on the thread that ran the test."""
+    """A test is over (its protocol ended; on the xdist controller, its last report is
+    in), with its last attempt's outcome when a rerun plugin ran it again; called once a
+    test, on the thread that ran it."""
 
 
 def pytest_taskctl_run_finishing(run: TaskRun, session: pytest.Session) -> None:

@@ -115,15 +115,17 @@ class RunOwnership:
         previous: KeyValue | None,
         ttl: int = LEASE_TTL,
         meta_key: str | None = None,
+        also: tuple[dict[str, Any], ...] = (),
     ) -> RunOwnership | None:
         """Take the key if it is still as read (``previous``); ``None`` if someone was faster.
 
         ``previous`` is a dead owner's key (or ``None`` for no key): the write is
         compared on its revision, so of two processes taking over at once one wins.
+        ``also``: more compare clauses on what the caller read with it.
         """
         ownership = cls(gateway, key, owner, ttl, meta_key)
         compare = mod_revision_equals(key, previous.mod_revision) if previous else key_missing(key)
-        if not ownership._take(compare):
+        if not ownership._take(compare, *also):
             return None
         return ownership
 
@@ -279,7 +281,14 @@ def claim_run(gateway: EtcdGateway, keys: RunKeys, *, resume: bool) -> RunClaim:
         if holder is not None and owner_alive(owner or {}):
             raise RunStillRunning(still_running_message(keys.run_id, owner or {}, resume))
         me = {**process_identity(), "run_id": keys.run_id, "started": time.time()}
-        ownership = RunOwnership.acquire(gateway, keys.lease, me, holder, meta_key=keys.meta)
+        unchanged = (  # the status as read: the claim returns it
+            mod_revision_equals(keys.status, status.kvs[0].mod_revision)
+            if status.kvs
+            else key_missing(keys.status)
+        )
+        ownership = RunOwnership.acquire(
+            gateway, keys.lease, me, holder, meta_key=keys.meta, also=(unchanged,)
+        )
         if ownership is not None:
             meta_kv = found.get(keys.meta)
             return RunClaim(

@@ -284,6 +284,8 @@ class EtcdGateway:
     def read_many(self, *ranges: tuple[str, str | None]) -> list[RangeResult]:
         """Several ``(key, range_end)`` reads in one round trip (a transaction of ranges,
         at one revision): start-up over a slow link pays per round trip."""
+        if not ranges:
+            return []  # an empty transaction is a write on etcd 3.4 (the revision moves)
         ops = []
         for key, range_end in ranges:
             request = {"key": b64(key)}

@@ -1,7 +1,7 @@
 """The resume feature as a plugin object: records results, deselects what passed.
 
-Every run records each test's outcome when its teardown report arrives (in
-etcd through the run's writer, and locally; see :mod:`.history`).
+Every run records each test's outcome when the test is over (in etcd
+through the run's writer, and locally; see :mod:`.history`).
 ``pytest --run-id ID --resume`` deselects the tests whose latest recorded
 outcome passed and runs the rest (failed, errored, skipped, never run). A
 result that never reached a record means the test runs again. A run
