@@ -36,6 +36,9 @@ CORE = [
     "tests/test_groups.py",
     "tests/test_telemetry.py",
     "tests/test_faults_helpers.py",
+    # pytest-rerunfailures resolves to an older release beside pytest 8.0 (16.1, which
+    # logs no teardown after a rerun report): the run must still record each test once.
+    "tests/test_reruns.py",
 ]
 
 ETCD_34 = "/usr/bin/etcd"
