@@ -35,7 +35,6 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from _common import (  # noqa: E402
@@ -48,7 +47,13 @@ from _common import (  # noqa: E402
     remove_tree,
     report_end,
 )
-from overhead import PEER_PLUGINS, ensure_peer_venv, peer_env, write_suite  # noqa: E402
+from overhead import (  # noqa: E402
+    PEER_PLUGINS,
+    Variant,
+    ensure_peer_venv,
+    peer_env,
+    write_suite,
+)
 
 from pytest_taskctl.etcd.server import EmbeddedEtcd, free_port  # noqa: E402
 
@@ -129,18 +134,11 @@ def pytest_collection_finish(session):
 """
 
 
-@dataclass
-class Variant:
-    name: str
-    python: str
-    args: list[str]
-    env: dict[str, str]
-    baseline: str
-    samples: list[dict[str, float]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+#: Each variant's runs: per run, µs a test by column (thread name, "span process").
+Samples = dict[str, list[dict[str, float]]]
 
 
-def run_once(variant: Variant, suite: Path, out: Path, tests: int) -> None:
+def run_once(variant: Variant, suite: Path, out: Path, tests: int, samples: Samples) -> None:
     out.unlink(missing_ok=True)
     env = {**variant.env, "CPU_PROBE_OUT": str(out)}
     env["PYTHONPATH"] = str(suite / "probe")  # the probe only: peers must not see the plugin
@@ -157,16 +155,14 @@ def run_once(variant: Variant, suite: Path, out: Path, tests: int) -> None:
         tail = " / ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
         variant.failures.append(f"exit {done.returncode}: {tail!r}")
         return
-    variant.samples.append(json.loads(out.read_text()))
+    samples.setdefault(variant.name, []).append(json.loads(out.read_text()))
 
 
-def summary(variant: Variant) -> dict[str, float]:
+def summary(runs: list[dict[str, float]]) -> dict[str, float]:
     """The median of each column over the runs (a column a run lacks counts as 0)."""
-    columns = {name for sample in variant.samples for name in sample}
-    medians = {
-        name: median([sample.get(name, 0.0) for sample in variant.samples]) for name in columns
-    }
-    medians["total"] = median([sum(sample.values()) for sample in variant.samples])
+    columns = {name for sample in runs for name in sample}
+    medians = {name: median([sample.get(name, 0.0) for sample in runs]) for name in columns}
+    medians["total"] = median([sum(sample.values()) for sample in runs])
     return medians
 
 
@@ -188,6 +184,7 @@ def main() -> int:
     etcd = EmbeddedEtcd(tmp / "etcd" / "data", port=free_port())
     receiver: Receiver | None = None
     started = time.monotonic()
+    samples: Samples = {}
     try:
         etcd.start()
         receiver = Receiver()
@@ -230,18 +227,17 @@ def main() -> int:
                 ]
         out = tmp / "probe.json"
         for variant in variants:  # warm-up: bytecode compiled, not measured
-            run_once(variant, suite, out, options.tests)
-            variant.samples.clear()
+            run_once(variant, suite, out, options.tests, {})
         for round_index in range(options.runs):
             for variant in variants:
-                run_once(variant, suite, out, options.tests)
+                run_once(variant, suite, out, options.tests, samples)
             print(f"round {round_index + 1}/{options.runs} done", file=sys.stderr)
     finally:
         if receiver is not None:
             receiver.stop()
         etcd.stop()
 
-    measured = {v.name: summary(v) for v in variants if v.samples}
+    measured = {v.name: summary(samples[v.name]) for v in variants if samples.get(v.name)}
     # Threads worth a column of their own; the rest are summed as "other threads".
     threads = sorted(
         {
