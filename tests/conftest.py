@@ -7,6 +7,7 @@ a free loopback port, the receiver is a gRPC server built on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -201,6 +202,12 @@ def stop_process(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+def results_of(store: StateStore, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's result records in etcd, by node id."""
+    kvs = store.gateway.range_prefix(store.keys(run_id).results).kvs
+    return {r["nodeid"]: r for r in (json.loads(kv.value) for kv in kvs)}
 
 
 def wait_for(

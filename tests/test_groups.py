@@ -25,7 +25,7 @@ from pytest_taskctl.etcd.store import StateStore
 from pytest_taskctl.features.groups import Schedule, group_keys, runs_alone
 from pytest_taskctl.options import GROUP_MARKER
 
-from .conftest import INNER_INI, Etcdctl, wait_for
+from .conftest import INNER_INI, Etcdctl, results_of, wait_for
 from .suites import RunningSuite
 
 #: Inner conftest: start/end events of every test, barriers as session fixtures.
@@ -609,8 +609,7 @@ def test_sigterm_lets_running_tests_end_and_starts_nothing(
     assert run.ended("one") and run.ended("two")
     assert not run.started("three")
     assert etcdctl.get(f"{prefix}/runs/t-term/status") == "INTERRUPTED"
-    kvs = store.gateway.range_prefix(store.keys("t-term").results).kvs
-    results = {r["nodeid"]: r["outcome"] for r in (json.loads(kv.value) for kv in kvs)}
+    results = {nodeid: r["outcome"] for nodeid, r in results_of(store, "t-term").items()}
     assert results == {"test_suite.py::test_one": "passed", "test_suite.py::test_two": "passed"}
 
 

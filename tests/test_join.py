@@ -13,14 +13,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pytest_taskctl import StateStore
 from pytest_taskctl.keys import RunKeys
 
-from .conftest import stop_process, wait_for
+from .conftest import results_of, stop_process, wait_for
 
 SUITE = """
 import os, time
@@ -71,12 +70,6 @@ def stamps_of(path: Path) -> list[tuple[str, int]]:
         (name, int(pid))
         for name, pid in (line.split() for line in path.read_text().split("\n") if line)
     ]
-
-
-def results_of(store: StateStore, run_id: str) -> dict[str, dict[str, Any]]:
-    keys = RunKeys(store.prefix, run_id)
-    kvs = store.gateway.range_prefix(keys.results).kvs
-    return {r["nodeid"]: r for r in (json.loads(kv.value) for kv in kvs)}
 
 
 @pytest.fixture

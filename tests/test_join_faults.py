@@ -26,9 +26,9 @@ from pytest_taskctl.features.join.layout import JoinKeys
 from pytest_taskctl.features.join.queue import WorkQueue
 from pytest_taskctl.keys import RunKeys
 
-from .conftest import wait_for
+from .conftest import results_of, wait_for
 from .faults import EtcdCluster, run_etcdctl
-from .test_join import SUITE, finish, results_of, stamps_of, start
+from .test_join import SUITE, finish, stamps_of, start
 from .test_join_pause import GATED_SUITE
 
 

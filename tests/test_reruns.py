@@ -9,7 +9,6 @@ shows every attempt's phases under the one test span.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from pytest_taskctl.etcd.store import StateStore
 from pytest_taskctl.outcome import Outcomes
 
+from .conftest import results_of
 from .test_telemetry import attributes, read_spans
 from .test_trace_detail import events, is_error
 
@@ -45,11 +45,6 @@ def test_broken():
 def test_fine():
     pass
 """
-
-
-def results_of(store: StateStore, run_id: str) -> dict[str, dict[str, Any]]:
-    kvs = store.gateway.range_prefix(store.keys(run_id).results).kvs
-    return {r["nodeid"]: r for r in (json.loads(kv.value) for kv in kvs)}
 
 
 def run_suite(ptr: pytest.Pytester, run_id: str, *args: str) -> pytest.RunResult:

@@ -26,7 +26,7 @@ from pytest_taskctl.features.resume import result_json
 from pytest_taskctl.keys import LONG_NODEID, RunKeys, nodeid_identity
 from pytest_taskctl.outcome import TestOutcome
 
-from .conftest import INNER_INI, wait_for
+from .conftest import INNER_INI, results_of, wait_for
 
 
 @pytest.mark.parametrize(
@@ -104,12 +104,6 @@ def ran(result: pytest.RunResult) -> set[str]:
 
 def meta_of(store: StateStore, run_id: str) -> dict:  # type: ignore[type-arg]
     return store.get_meta(run_id) or {}
-
-
-def results_of(store: StateStore, run_id: str) -> dict[str, dict]:  # type: ignore[type-arg]
-    keys = store.keys(run_id)
-    kvs = store.gateway.range_prefix(keys.results).kvs
-    return {json.loads(kv.value)["nodeid"]: json.loads(kv.value) for kv in kvs}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pytest_taskctl import StateStore
 
-from .conftest import wait_for
+from .conftest import results_of, wait_for
 from .suites import RunningSuite, suite_env
 
 
@@ -92,11 +92,6 @@ def test_refused_second_process_writes_nothing(
     assert len(sessions) == 1
 
 
-def results_of(store: StateStore, run_id: str) -> list[dict[str, object]]:
-    kvs = store.gateway.range_prefix(store.keys(run_id).results).kvs
-    return [json.loads(kv.value) for kv in kvs]
-
-
 def test_a_process_that_lost_its_lease_writes_nothing_more(
     tmp_path: Path, store: StateStore, taskctl_env: dict[str, str]
 ) -> None:
@@ -131,7 +126,7 @@ def test_a_process_that_lost_its_lease_writes_nothing_more(
     assert store.get_meta("stolen") == taken
     assert store.get_status("stolen") == "COMPLETED"
     assert results_of(store, "stolen") == results
-    assert all(float(r["ended"]) < continued for r in results)  # type: ignore[arg-type]
+    assert all(float(r["ended"]) < continued for r in results.values())
     assert "run lease lost: another process owns run stolen; this process stops writing" in (
         first.log_text
     )

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_taskctl.etcd.store import StateStore
 
-from .conftest import Etcdctl, wait_for
+from .conftest import Etcdctl, results_of, wait_for
 from .test_telemetry import attributes, read_spans
 
 
@@ -183,8 +183,7 @@ def test_a_test_whose_worker_crashed_is_recorded_as_an_error(
     )
     result = ptr.runpytest_subprocess("-n", "2", "--run-id", "xcrash")
     result.assert_outcomes(passed=1, failed=1)
-    kvs = store.gateway.range_prefix(store.keys("xcrash").results).kvs
-    outcomes = {r["nodeid"]: r["outcome"] for r in (json.loads(kv.value) for kv in kvs)}
+    outcomes = {nodeid: r["outcome"] for nodeid, r in results_of(store, "xcrash").items()}
     assert outcomes == {"test_crash.py::test_crash": "error", "test_crash.py::test_ok": "passed"}
     meta = store.get_meta("xcrash")
     assert meta is not None and meta["counts"]["remaining"] == 0
