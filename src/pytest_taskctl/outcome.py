@@ -100,8 +100,7 @@ class Outcomes:
             or outcome.complete
             or (when == "setup" and outcome.reports)  # a rerun whose attempt did not complete
         ):
-            attempts = 1 if outcome is None else outcome.attempts + 1
-            outcome = self._by_nodeid[nodeid] = TestOutcome(attempts=attempts)
+            outcome = self._next_attempt(nodeid, outcome)
         if report.outcome == "rerun":  # type: ignore[comparison-overlap]  # pytest-rerunfailures'
             outcome.rerun = True
         outcome.record(report)
@@ -117,8 +116,13 @@ class Outcomes:
         outcome = self._by_nodeid.get(nodeid)
         if outcome is None or not outcome.complete:
             return False
-        self._by_nodeid[nodeid] = TestOutcome(attempts=outcome.attempts + 1)
+        self._next_attempt(nodeid, outcome)
         return True
+
+    def _next_attempt(self, nodeid: str, before: TestOutcome | None) -> TestOutcome:
+        attempts = 1 if before is None else before.attempts + 1
+        outcome = self._by_nodeid[nodeid] = TestOutcome(attempts=attempts)
+        return outcome
 
     def pop(self, nodeid: str) -> TestOutcome | None:
         return self._by_nodeid.pop(nodeid, None)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .config import RUN_ID_ENV
+from .telemetry.tracing import PLUGIN_THREAD_PREFIXES
 
 if TYPE_CHECKING:
     from .run import TaskRun
@@ -55,7 +56,7 @@ class TerminalNotes:
         self.pending: collections.deque[str] = collections.deque()
 
     def __call__(self, text: str) -> None:
-        if self._runs_tests and threading.current_thread().name.startswith("taskctl-"):
+        if self._runs_tests and threading.current_thread().name.startswith(PLUGIN_THREAD_PREFIXES):
             self.pending.append(text)
             return
         self.flush()
